@@ -1,0 +1,75 @@
+"""The base experiment config every file in configs/ starts from.
+
+A config file calls `base_config()`, sets what its experiment changes, and returns it locked
+(see `lock`). Fields that default to None are `placeholder`s so that `--config.x=...` can set
+them with type checking.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by all experiments: ResNet-20 on Fashion-MNIST, He et al. 2015's recipe."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # the only seed; data order, init and dropout RNGs all derive from it
+
+    # --- model (resjax.models.get_model(name, **overrides)) ---
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet20"
+    # Overrides of any ResNet field (residual, shortcut, ordering, scan, ...); empty = registry's.
+    c.model.overrides = ml_collections.ConfigDict()
+    c.model.overrides.residual = True  # False = He et al.'s plain baseline, same layers
+    c.dtype = "float32"  # computation dtype; parameters stay float32 ("bfloat16" on GPU/TPU)
+
+    # --- data (resjax.data) ---
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist"  # any TFDS name; resjax builds fashion_mnist/mnist/cifar10/100
+    c.data.dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.manual_dir = config_dict.placeholder(str)  # where offline source archives lie
+    c.data.val_examples = 5000  # carved from the end of train (He et al.: 45k/5k); 0 = none
+    c.data.augment = "pad_crop_flip"  # 'pad_crop_flip' | 'pad_crop' | 'none'
+    c.data.pad_px = 4  # He et al. 2015, sec. 4.2
+    c.data.normalize = True  # per-channel mean/std of the training split
+    c.data.prefetch_batches = 2  # batches put on device ahead of use
+
+    # --- optimisation (resjax.optim) ---
+    c.batch_size = 128  # global, over all devices and processes
+    c.total_steps = config_dict.placeholder(int)  # exactly one of total_steps / total_epochs
+    c.total_epochs = config_dict.placeholder(float)
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 0.1  # He et al. 2015, sec. 4.2
+    c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    c.optim.weight_decay = 1e-4  # L2 added to the loss gradient, as He et al.
+    c.optim.decoupled_weight_decay = False  # True: AdamW-style decay applied by the optimizer
+    c.optim.exclude_bn_and_bias = False  # He et al. decay every weight
+    c.optim.schedule = "step"  # 'step' | 'cosine' | 'constant'
+    c.optim.decay_steps = config_dict.placeholder(tuple)  # ÷decay_factor at these steps ...
+    c.optim.decay_epochs = config_dict.placeholder(tuple)  # ... or at these epochs
+    c.optim.decay_factor = 0.1
+    c.optim.warmup_steps = 0
+    c.optim.warmup_lr = 0.0  # constant warm-up lr (He et al. ResNet-110: 0.01); 0 = linear ramp
+    c.optim.label_smoothing = 0.0
+    c.optim.grad_clip_norm = config_dict.placeholder(float)
+
+    # --- parallelism ---
+    c.parallelism = "jit"  # 'jit' (global arrays on a Mesh) | 'pmap'
+    c.bn_stats = "global"  # 'global': over the whole batch | 'per_device': ghost BN per device
+
+    # --- logging, eval, checkpoints ---
+    c.log_every_steps = 100
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 2  # latest N, plus the best by validation error
+    c.diagnostics_every_steps = 0  # 0 = off
+    c.eval_batch_size = 1000
+    return c
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks a config so that an unknown key (a typo) is an error, not a silent new field."""
+    config.lock()
+    return config
