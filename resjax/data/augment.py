@@ -1,0 +1,158 @@
+"""Augmentation and normalisation, vectorised over a batch for datasets held in RAM, per
+example with Pillow for datasets read from disk (ImageNet-style).
+
+All randomness is passed in as numbers drawn by the caller from (seed, epoch, step), so that a
+resumed run reproduces its batches bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+AUGMENTATIONS = ("pad_crop_flip", "pad_crop", "none")
+
+
+def check_augment(augment: str) -> str:
+    """Returns `augment` if resjax knows it, else raises a ValueError listing what is allowed."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(
+            f"config.data.augment must be one of {', '.join(AUGMENTATIONS)}; got {augment!r}"
+        )
+    return augment
+
+
+def draw_crop_flip(
+    rng: np.random.Generator, batch: int, pad_px: int, flip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random crop offsets dy, dx in [0, 2*pad_px] and flips for `batch` images (int/bool [B])."""
+    dy = rng.integers(0, 2 * pad_px + 1, batch)
+    dx = rng.integers(0, 2 * pad_px + 1, batch)
+    flips = rng.random(batch) < 0.5 if flip else np.zeros(batch, bool)
+    return dy, dx, flips
+
+
+def gather_pad_crop_flip(
+    images: np.ndarray,
+    index: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    flip: np.ndarray,
+    pad_px: int,
+) -> np.ndarray:
+    """Gathers images[index] zero-padded by `pad_px`, cropped back to H x W and maybe flipped.
+
+    One flat `np.take` does the gather, pad, crop and flip together (twice as fast as indexing
+    with three broadcast index arrays): a pixel that falls in the padding reads a clipped
+    neighbour and is then zeroed. Zero is black in pixel units, as torchvision's RandomCrop.
+
+    Args:
+      images: uint8 [N, H, W, C], the whole split.
+      index: int [B], which examples.
+      dy, dx: int [B], crop offsets into the padded image, in [0, 2 * pad_px].
+      flip: bool [B], flip horizontally (after the crop).
+      pad_px: padding on each side (He et al. 2015: 4).
+
+    Returns:
+      uint8 [B, H, W, C].
+    """
+    _, h, w, c = images.shape
+    rows = dy[:, None] - pad_px + np.arange(h)  # [B, H] source row of each output row
+    cols = dx[:, None] - pad_px + np.arange(w)  # [B, W]
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    flat = (index[:, None, None] * h + np.clip(rows, 0, h - 1)[:, :, None]) * w + np.clip(
+        cols, 0, w - 1
+    )[:, None, :]
+    out = np.take(images.reshape(-1, c), flat, axis=0)
+    if pad_px:
+        out *= inside[..., None]
+    return out
+
+
+def normalize(images: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
+    """uint8 [..., C] -> float32 (x - mean) / std per channel; x / 255 when mean is None."""
+    out = images.astype(np.float32)
+    if mean is None:
+        out *= np.float32(1 / 255)
+    else:
+        out -= mean.astype(np.float32)
+        out *= (1 / std).astype(np.float32)
+    return out
+
+
+# --- ImageNet-style, per example (datasets read from disk) ---
+
+EVAL_RESIZE = 256  # shorter side before the center crop (Krizhevsky et al. 2012, He et al. 2016)
+
+
+def decode(image) -> np.ndarray:
+    """JPEG/PNG bytes or a uint8 array -> uint8 [H, W, 3]."""
+    if isinstance(image, bytes | np.bytes_):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(image)) as im:
+            return np.asarray(im.convert("RGB"))
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.broadcast_to(image, (*image.shape[:2], 3)) if image.shape[-1] == 1 else image
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),  # Szegedy et al. 2015 ("Inception" crop)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """A crop box (top, left, h, w) covering `scale` of the area at aspect `ratio`; after 10
+    misses, the largest central crop within `ratio` (torchvision's fallback)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def train_crop(image, rng: np.random.Generator, size: int, flip: bool) -> np.ndarray:
+    """Decode, random-resized-crop to size x size (bilinear) and maybe flip: uint8 [S, S, 3]."""
+    from PIL import Image
+
+    pixels = decode(image)
+    top, left, h, w = random_resized_crop_box(rng, *pixels.shape[:2])
+    crop = Image.fromarray(np.ascontiguousarray(pixels[top : top + h, left : left + w]))
+    out = np.asarray(crop.resize((size, size), Image.BILINEAR))
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return out
+
+
+def eval_crop(image, size: int, resize: int = EVAL_RESIZE) -> np.ndarray:
+    """Decode, resize the shorter side to `resize` * size / 224, center-crop size x size."""
+    from PIL import Image
+
+    pixels = decode(image)
+    h, w = pixels.shape[:2]
+    short = round(resize * size / 224)
+    scale = short / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    resized = np.asarray(
+        Image.fromarray(np.ascontiguousarray(pixels)).resize((nw, nh), Image.BILINEAR)
+    )
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return resized[top : top + size, left : left + size]
