@@ -7,6 +7,7 @@ logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
 """
 
 from resjax.models.blocks import BottleneckBlock, ResidualBlock
+from resjax.models.portable import load_params, save_params
 from resjax.models.registry import (
     cifar_resnet,
     get_model,
@@ -29,6 +30,8 @@ __all__ = [
     "imagenet_resnet",
     "init_shapes",
     "list_models",
+    "load_params",
     "preact_cifar_resnet",
+    "save_params",
     "wide_resnet",
 ]
