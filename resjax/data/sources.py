@@ -275,21 +275,24 @@ def load_splits(
     shape = tuple(feature.shape)
     if len(shape) == 2:
         shape = (*shape, 1)
-    fixed = all(d is not None for d in shape)
-    decoders = None
+    # A scalar string feature holds encoded images (JPEG/PNG bytes), decoded per batch.
+    fixed = len(shape) == 3 and all(d is not None for d in shape)
     if fixed and n_train * int(np.prod(shape)) <= IN_MEMORY_MAX_BYTES:
         train = _read_all(builder.as_data_source(train_split), image_key, label_key)
         test = _read_all(builder.as_data_source(test_split), image_key, label_key)
         image_shape = shape
     else:
-        if isinstance(feature, tfds.features.Image):
-            # Keep JPEG/PNG bytes: Pillow decodes them per batch, at reduced size when it can.
-            decoders = {image_key: tfds.decode.SkipDecoding()}
+        # An Image feature stays as its JPEG/PNG bytes: Pillow decodes them per batch.
+        decoders = (
+            {image_key: tfds.decode.SkipDecoding()}
+            if isinstance(feature, tfds.features.Image)
+            else None
+        )
         train, test = (
             StreamSource(builder.as_data_source(s, decoders=decoders), 0, n, image_key, label_key)
             for s, n in ((train_split, n_train), (test_split, n_test))
         )
-        image_shape = (STREAM_IMAGE_SIZE, STREAM_IMAGE_SIZE, shape[-1] or 3)
+        image_shape = (STREAM_IMAGE_SIZE, STREAM_IMAGE_SIZE, 3)  # decoded as RGB
 
     val_source = train.slice(n_train - val, n_train) if val else None
     train = train.slice(0, n_train - val)
