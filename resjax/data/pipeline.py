@@ -13,6 +13,7 @@ import math
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -72,6 +73,24 @@ def _to_global(batch: Batch, mesh: Mesh | None, global_batch_size: int) -> Batch
     }
 
 
+class _ConsumerGone(Exception):
+    """The iterator that owned a prefetch thread was garbage-collected."""
+
+
+def _weak(method: Callable[[int], Batch]) -> Callable[[int], Batch]:
+    """`method` without a strong reference to its object, so that an iterator dropped without
+    `close()` is still collected (and its thread stopped by `__del__`)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(position: int) -> Batch:
+        bound = ref()
+        if bound is None:
+            raise _ConsumerGone
+        return bound(position)
+
+    return call
+
+
 class _Prefetcher:
     """Computes make(position) for position = start, start + 1, ... (< stop) in a daemon thread,
     up to `depth` ahead of the consumer, so the device never waits on the host."""
@@ -89,6 +108,8 @@ class _Prefetcher:
         while not self._stop.is_set() and (stop is None or position < stop):
             try:
                 item = (position, make(position), None)
+            except _ConsumerGone:
+                return
             except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
                 item = (position, None, e)
             while not self._stop.is_set():
@@ -117,7 +138,8 @@ class _Prefetcher:
     def close(self) -> None:
         """Stops the thread and drops what it prepared."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if threading.current_thread() is not self._thread:  # __del__ may run on the thread
+            self._thread.join(timeout=10)
 
 
 class TrainIterator:
@@ -148,6 +170,8 @@ class TrainIterator:
         process_index: int | None = None,
         process_count: int | None = None,
     ):
+        self._prefetcher: _Prefetcher | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         data_config = data_config if data_config is not None else ml_collections.ConfigDict()
         self._splits = splits
         self._source = splits.train
@@ -174,9 +198,7 @@ class TrainIterator:
         self._mean = splits.mean if splits.normalize else None
         self._std = splits.std if splits.normalize else None
         self._permutation_cache: tuple[int, np.ndarray] | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._consumed = 0
-        self._prefetcher: _Prefetcher | None = None
 
     # --- state ---
 
@@ -207,7 +229,9 @@ class TrainIterator:
             batch = self._make(self._consumed)
         else:
             if self._prefetcher is None:
-                self._prefetcher = _Prefetcher(self._make, self._consumed, None, self._prefetch)
+                self._prefetcher = _Prefetcher(
+                    _weak(self._make), self._consumed, None, self._prefetch
+                )
             position, batch = self._prefetcher.get()
             assert position == self._consumed, (position, self._consumed)
         self._consumed += 1

@@ -1,0 +1,212 @@
+"""resjax.data pipeline: shuffling, sharding, augmentation, resume, eval padding, global arrays.
+
+Splits are built in memory (no preparation needed); 4 fake CPU devices come from conftest.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from resjax import data
+from resjax.config import base_config
+from resjax.data import augment, sources
+
+
+def make_splits(n=100, shape=(8, 8, 3), n_test=23, normalize=True) -> data.Splits:
+    """Image i is filled with i % 251 (+1, so that zero padding is distinguishable); label i."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (n, *shape), dtype=np.uint8)
+    train = sources.ArraySource(images, np.arange(n, dtype=np.int32))
+    test = sources.ArraySource(images[:n_test].copy(), np.arange(n_test, dtype=np.int32))
+    mean, std = sources._channel_stats(train.images)
+    return data.Splits("fake", train, None, test, n, shape, mean, std, normalize)
+
+
+def data_config(**overrides):
+    config = base_config().data
+    config.update(overrides)
+    return config
+
+
+def take(it, k):
+    return [next(it) for _ in range(k)]
+
+
+def test_epochs_are_deterministic_permutations():
+    splits = make_splits()
+    it = data.TrainIterator(splits, 16, seed=3, data_config=data_config())
+    assert it.steps_per_epoch == 6  # 100 // 16, remainder dropped
+    epoch0 = np.concatenate([b["label"] for b in take(it, 6)])
+    epoch1 = np.concatenate([b["label"] for b in take(it, 6)])
+    assert len(set(epoch0)) == 96 and len(set(epoch1)) == 96  # no example twice in an epoch
+    assert not np.array_equal(epoch0, epoch1)  # reshuffled each epoch
+    again = data.TrainIterator(splits, 16, seed=3, data_config=data_config())
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in take(again, 6)]), epoch0)
+    other_seed = data.TrainIterator(splits, 16, seed=4, data_config=data_config())
+    assert not np.array_equal(next(other_seed)["label"], epoch0[:16])
+
+
+def test_process_shards_are_disjoint_slices_of_the_same_global_batch():
+    splits = make_splits()
+    whole = data.TrainIterator(splits, 16, seed=0, data_config=data_config(), process_count=1)
+    parts = [
+        data.TrainIterator(
+            splits, 16, seed=0, data_config=data_config(), process_index=p, process_count=4
+        )
+        for p in range(4)
+    ]
+    for _ in range(7):  # crosses an epoch boundary
+        batch = next(whole)
+        local = [next(it) for it in parts]
+        assert all(b["image"].shape == (4, 8, 8, 3) for b in local)  # global / process count
+        for key in ("image", "label"):  # augmentation too is the same bit for bit
+            np.testing.assert_array_equal(np.concatenate([b[key] for b in local]), batch[key])
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_resume_from_state_is_bitwise_exact(prefetch):
+    splits = make_splits()
+    config = data_config(prefetch_batches=prefetch)
+    uninterrupted = take(data.TrainIterator(splits, 16, seed=0, data_config=config), 10)
+
+    first = data.TrainIterator(splits, 16, seed=0, data_config=config)
+    take(first, 4)
+    state = first.get_state()
+    assert state == {"batches_consumed": 4}  # the consumer's position, not the prefetcher's
+    first.close()
+
+    resumed = data.TrainIterator(splits, 16, seed=0, data_config=config)
+    resumed.set_state(state)
+    for want, got in zip(uninterrupted[4:], take(resumed, 6), strict=True):
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+    assert resumed.get_state() == {"batches_consumed": 10} and resumed.epoch == 1
+
+
+def _reference_pad_crop_flip(image, dy, dx, flip, pad):
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    h, w = image.shape[:2]
+    crop = padded[dy : dy + h, dx : dx + w]
+    return crop[:, ::-1] if flip else crop
+
+
+def test_pad_crop_flip_matches_the_textbook_definition():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (10, 28, 28, 1), dtype=np.uint8)
+    index = np.array([3, 3, 0, 9, 5, 7])
+    dy, dx, flip = augment.draw_crop_flip(rng, 6, 4, flip=True)
+    dy[:2], dx[:2], flip[:2] = [4, 0], [4, 8], [False, True]  # identity; corner + flip
+    out = augment.gather_pad_crop_flip(images, index, dy, dx, flip, 4)
+    for k, i in enumerate(index):
+        want = _reference_pad_crop_flip(images[i], dy[k], dx[k], flip[k], 4)
+        np.testing.assert_array_equal(out[k], want)
+    np.testing.assert_array_equal(out[0], images[3])
+    assert (out[1][:4] == 0).all()  # zero padding above a crop taken at dy=0
+
+
+def test_augment_modes_and_normalisation():
+    splits = make_splits()
+    plain = data.TrainIterator(splits, 16, seed=0, data_config=data_config(augment="none"))
+    batch = next(plain)
+    index = batch["label"]
+    restored = batch["image"] * splits.std + splits.mean
+    np.testing.assert_allclose(restored, splits.train.images[index], atol=1e-3)
+
+    flipless = data.TrainIterator(splits, 16, seed=0, data_config=data_config(augment="pad_crop"))
+    assert flipless._flip is False and flipless._pad_px == 4
+    with pytest.raises(ValueError, match="augment must be one of pad_crop_flip, pad_crop, none"):
+        data.TrainIterator(splits, 16, seed=0, data_config=data_config(augment="flip"))
+
+    raw = make_splits(normalize=False)
+    batch = next(data.TrainIterator(raw, 16, seed=0, data_config=data_config(augment="none")))
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+
+
+def test_batches_on_a_mesh_are_global_arrays_sharded_along_data():
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    assert mesh.size == 4  # conftest: 4 fake CPU devices
+    splits = make_splits()
+    it = data.TrainIterator(splits, 16, seed=0, data_config=data_config(), mesh=mesh)
+    host = data.TrainIterator(splits, 16, seed=0, data_config=data_config())
+    batch, want = next(it), next(host)
+    want_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    for key in ("image", "label"):
+        assert isinstance(batch[key], jax.Array) and batch[key].sharding == want_sharding
+        np.testing.assert_array_equal(np.asarray(batch[key]), want[key])
+    assert batch["image"].shape == (16, 8, 8, 3)
+    assert batch["image"].addressable_shards[0].data.shape == (4, 8, 8, 3)
+
+    with pytest.raises(ValueError, match="18 must be a multiple of the 4 devices"):
+        data.TrainIterator(splits, 18, seed=0, data_config=data_config(), mesh=mesh)
+    with pytest.raises(ValueError, match="multiple of the process count 4"):
+        data.TrainIterator(splits, 18, seed=0, process_index=0, process_count=4)
+
+
+def test_eval_visits_every_example_once_with_equal_steps_per_process():
+    splits = make_splits(n_test=23)
+    per_process = [
+        list(
+            data.eval_batches(
+                splits.test, splits, global_batch_size=8, process_index=p, process_count=2
+            )
+        )
+        for p in range(2)
+    ]
+    assert [len(b) for b in per_process] == [3, 3]  # ceil(23 / 8) on every process
+    seen = [
+        int(label)
+        for batches in per_process
+        for b in batches
+        for label in b["label"][b["mask"] > 0]
+    ]
+    assert sorted(seen) == list(range(23))
+    last = per_process[1][-1]  # examples 20, 21, 22 + padding; process 0 had 16..19
+    assert last["mask"].dtype == np.float32 and last["mask"].tolist() == [1, 1, 1, 0]
+    assert per_process[0][-1]["mask"].tolist() == [1, 1, 1, 1]
+    first = per_process[0][0]
+    want = (splits.test.images[:4] - splits.mean) / splits.std
+    np.testing.assert_allclose(first["image"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_on_a_mesh():
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    splits = make_splits(n_test=10)
+    batches = list(data.eval_batches(splits.test, splits, global_batch_size=8, mesh=mesh))
+    assert len(batches) == 2 and batches[1]["mask"].sharding.spec == PartitionSpec("data")
+    assert float(sum(b["mask"].sum() for b in batches)) == 10.0
+
+
+def test_prefetch_error_reaches_the_consumer(monkeypatch):
+    splits = make_splits()
+    it = data.TrainIterator(splits, 16, seed=0, data_config=data_config(prefetch_batches=2))
+
+    def broken(position):
+        raise RuntimeError(f"bad batch {position}")
+
+    monkeypatch.setattr(it, "host_batch", broken)
+    with pytest.raises(RuntimeError, match="bad batch 0"):
+        next(it)
+
+
+def test_channel_stats_are_exact():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (50, 5, 5, 3), dtype=np.uint8)
+    mean, std = sources._channel_stats(images)
+    np.testing.assert_allclose(mean, images.reshape(-1, 3).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, images.reshape(-1, 3).std(0), rtol=1e-6)
+
+
+def test_pipeline_is_fast_enough_for_cifar_on_this_machine():
+    """Sanity bound far below the 20k images/s target, so a loaded CI machine passes."""
+    splits = make_splits(n=5000, shape=(32, 32, 3))
+    it = data.TrainIterator(splits, 128, seed=0, data_config=data_config())
+    take(it, 2)
+    start = time.perf_counter()
+    take(it, 20)
+    rate = 20 * 128 / (time.perf_counter() - start)
+    assert rate > 5_000, f"{rate:.0f} images/s"
