@@ -467,3 +467,13 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     assert splits.train.images.shape == (60_000, 28, 28, 1)
     np.testing.assert_allclose(splits.mean, [72.94], atol=0.01)  # 0.2860 * 255
     np.testing.assert_allclose(splits.std, [90.02], atol=0.01)  # 0.3530 * 255
+
+
+def test_dataset_stored_as_tfrecord_names_the_tf_extra(offline):
+    data_dir = offline / "tfds"
+    builder = ResjaxTestJpegs(data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(file_format="array_record")
+    info = builder.data_path / "dataset_info.json"  # as if TFDS had written TFRecord files
+    info.write_text(info.read_text().replace('"array_record"', '"tfrecord"'))
+    with pytest.raises(data.NeedsTensorFlowError, match=r"stored as tfrecord.*resjax\[tf\]"):
+        data.load_splits(data_config(offline, "resjax_test_jpegs"))
