@@ -233,9 +233,12 @@ def test_fashion_mnist_prepares_from_manual_dir_in_upstream_order(offline, monke
     fake = make_idx_dataset(offline / "manual")
     register_fake(monkeypatch, "fashion_mnist", fake.folder)
     config = data_config(offline, "fashion_mnist", manual_dir=str(fake.folder), val_examples=20)
+    killed = Path(config.dir) / "resjax_fashion_mnist" / "incomplete.ABC123_1.0.0"
+    killed.mkdir(parents=True)  # what a preparation killed by SIGKILL leaves
 
     splits = data.load_splits(config)
 
+    assert not killed.exists()
     assert (len(splits.train), len(splits.val), len(splits.test)) == (100, 20, 30)
     assert splits.image_shape == (28, 28, 1) and splits.num_classes == 10
     assert splits.in_memory and splits.train.images.dtype == np.uint8

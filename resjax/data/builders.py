@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import shutil
 import socket
 import sys
 import time
@@ -435,6 +436,10 @@ def prepare(
         builder = cls(data_dir=data_dir, file_format="array_record")
         if builder.is_prepared():  # another process finished while this one waited
             return builder
+        # Holding the lock, any temporary folder left here is from a preparation that was killed.
+        for stale in (data_dir / cls.SPEC.tfds_name).glob("incomplete.*"):
+            log(f"resjax.data: removing {stale}, left by an interrupted preparation")
+            shutil.rmtree(stale, ignore_errors=True)
         start = time.perf_counter()
         log(f"resjax.data: preparing {name} into {builder.data_path} (first use)")
         paths = locate_sources(cls.SPEC, manual_dir, data_dir / "downloads", log)

@@ -150,6 +150,11 @@ class TrainIterator:
     'label': int32 [B]} of global jax.Arrays sharded NamedSharding(mesh, P('data')); with
     mesh=None, this process's numpy slice of it (B / process_count rows).
 
+    Augmentation (`config.data.augment`): for splits in RAM, 'pad_crop_flip' / 'pad_crop' pad
+    by `pad_px` zeros, crop back at random and (first mode) flip, vectorised per batch; for
+    splits read from disk, the same modes mean random-resized-crop (+ flip), and 'none' means
+    the eval resize + center crop.
+
     Args:
       splits: from `load_splits`; augmentation depends on whether it is held in RAM.
       global_batch_size: over all processes and devices.
