@@ -19,14 +19,24 @@ def base_config() -> ml_collections.ConfigDict:
     # --- model (resjax.models.get_model(name, **overrides)) ---
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet20"
-    # Overrides of any ResNet field (residual, shortcut, ordering, scan, ...); empty = registry's.
-    c.model.overrides = ml_collections.ConfigDict()
-    c.model.overrides.residual = True  # False = He et al.'s plain baseline, same layers
+    # Overrides of ResNet fields; None keeps the registry's value for `name`.
+    o = c.model.overrides = ml_collections.ConfigDict()
+    o.residual = config_dict.placeholder(bool)  # False = He et al.'s plain baseline, same layers
+    o.shortcut = config_dict.placeholder(str)  # 'A' | 'B' | 'C' | 'conv'
+    o.ordering = config_dict.placeholder(str)  # 'post' | 'pre' | 'relu_bn_conv'
+    o.widths = config_dict.placeholder(tuple)  # per stage, e.g. (16, 32, 64)
+    o.stem_width = config_dict.placeholder(int)
+    o.zero_init_last_bn = config_dict.placeholder(bool)
+    o.drop_path_rate = config_dict.placeholder(float)
+    o.scan = config_dict.placeholder(bool)  # nn.scan over identical blocks: flat compile time
+    o.remat = config_dict.placeholder(bool)  # recompute activations in the backward pass
     c.dtype = "float32"  # computation dtype; parameters stay float32 ("bfloat16" on GPU/TPU)
 
     # --- data (resjax.data) ---
     c.data = ml_collections.ConfigDict()
     c.data.name = "fashion_mnist"  # any TFDS name; resjax builds fashion_mnist/mnist/cifar10/100
+    c.data.train_split = "train"  # TFDS split string; train and val are carved from it
+    c.data.test_split = config_dict.placeholder(str)  # None: 'test' (or 'validation')
     c.data.dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.manual_dir = config_dict.placeholder(str)  # where offline source archives lie
     c.data.val_examples = 5000  # carved from the end of train (He et al.: 45k/5k); 0 = none
@@ -37,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- optimisation (resjax.optim) ---
     c.batch_size = 128  # global, over all devices and processes
-    c.total_steps = config_dict.placeholder(int)  # exactly one of total_steps / total_epochs
+    c.total_steps = config_dict.placeholder(int)  # when set, wins over total_epochs
     c.total_epochs = config_dict.placeholder(float)
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1  # He et al. 2015, sec. 4.2
@@ -47,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.decoupled_weight_decay = False  # True: AdamW-style decay applied by the optimizer
     c.optim.exclude_bn_and_bias = False  # He et al. decay every weight
     c.optim.schedule = "step"  # 'step' | 'cosine' | 'constant'
-    c.optim.decay_steps = config_dict.placeholder(tuple)  # ÷decay_factor at these steps ...
+    c.optim.decay_steps = config_dict.placeholder(tuple)  # ÷decay_factor at these steps (wins)
     c.optim.decay_epochs = config_dict.placeholder(tuple)  # ... or at these epochs
     c.optim.decay_factor = 0.1
     c.optim.warmup_steps = 0

@@ -287,6 +287,7 @@ def test_model_works_with_tabulate_and_jit():
         (lambda: m.get_model("resnet20", depht=3), "unknown model fields \\['depht'\\]"),
         (lambda: m.imagenet_resnet(19), "must be one of \\[18, 34, 50, 101, 152, 200\\]"),
         (lambda: m.get_model("resnet20", lesion=("stage9_block1",)), "unknown blocks"),
+        (lambda: m.get_model("resnet20", widths=(8, 8, 8)), "shortcut 'A' zero-pads channels"),
     ],
 )
 def test_bad_input_says_what_is_allowed(call, message):

@@ -103,6 +103,13 @@ class ResNet(nn.Module):
             )
         if any(n < 1 for n in self.stage_sizes):
             raise ValueError(f"every stage needs at least one block; got {tuple(self.stage_sizes)}")
+        if self.shortcut == "A":
+            channels = (self.stem_width, *self.widths)
+            if any(b < a for a, b in zip(channels, channels[1:])):
+                raise ValueError(
+                    "shortcut 'A' zero-pads channels, so they may only grow: stem_width "
+                    f"{self.stem_width} then widths {tuple(self.widths)}; use 'B', 'C' or 'conv'"
+                )
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}")
         if self.lesion:

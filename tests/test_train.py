@@ -1,0 +1,217 @@
+"""resjax.train: the step under jit and pmap, BN across devices, train_and_evaluate, the CLI."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resjax import optim, train
+from resjax.config import base_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(fashion_mnist_dir=None, **changes):
+    """A ResNet-8 of width 4 on 512 Fashion-MNIST images: seconds per run on 4 fake devices."""
+    c = base_config()
+    c.model.name = "resnet8"
+    c.model.overrides.widths = (4, 8, 8)
+    c.model.overrides.stem_width = 4
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.total_steps = 4
+    c.log_every_steps = 2
+    c.eval_every_steps = 2
+    c.data.dir = str(fashion_mnist_dir) if fashion_mnist_dir else None
+    c.data.train_split = "train[:512]"
+    c.data.test_split = "test[:128]"
+    c.data.val_examples = 64
+    for key, value in changes.items():
+        target = c
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return c
+
+
+def _batches(n, batch_size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": rng.normal(size=(batch_size, 12, 12, 1)).astype(np.float32),
+            "label": rng.integers(0, 10, batch_size).astype(np.int32),
+        }
+        for _ in range(n)
+    ]
+
+
+def _run_steps(config, mesh, batches):
+    """Trains on `batches` with `config`'s parallelism; returns (host state, per-step losses)."""
+    model = train.build_model(config, num_classes=10)
+    model = model.clone(stem_width=4, widths=(4, 4, 8))
+    schedule = optim.learning_rate_schedule(config.optim, 100, ())
+    trainer = train.Trainer(config, mesh)
+    state = train.create_train_state(
+        config, model, optim.make_optimizer(config.optim, schedule), (12, 12, 1), trainer.replicated
+    )
+    state = trainer.device_state(state)
+    losses = []
+    for batch in batches:
+        if config.parallelism == "jit":
+            batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+        metrics = trainer.empty_metrics()
+        state, metrics = trainer.step(state, batch, metrics)
+        losses.append(float(trainer.fetch_metrics(metrics)["loss"]))
+    return jax.device_get(trainer.host_state(state)), np.array(losses)
+
+
+def _mesh(n=None):
+    return Mesh(np.array(jax.devices()[:n]), ("data",))
+
+
+def _assert_trees_close(a, b, atol):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4), a, b)
+
+
+def test_jit_and_pmap_give_the_same_loss_and_parameters():
+    assert jax.device_count() == 4
+    batches = _batches(3)
+    jit_state, jit_loss = _run_steps(tiny_config(parallelism="jit"), _mesh(), batches)
+    pmap_state, pmap_loss = _run_steps(tiny_config(parallelism="pmap"), _mesh(), batches)
+    np.testing.assert_allclose(jit_loss, pmap_loss, rtol=1e-5)
+    _assert_trees_close(jit_state.params, pmap_state.params, atol=1e-5)
+    _assert_trees_close(jit_state.batch_stats, pmap_state.batch_stats, atol=1e-5)
+
+
+def test_global_bn_equals_one_device_and_ghost_bn_differs():
+    batches = _batches(3)
+    global4, loss4 = _run_steps(tiny_config(), _mesh(), batches)
+    single, loss1 = _run_steps(tiny_config(), _mesh(1), batches)
+    ghost, ghost_loss = _run_steps(tiny_config(bn_stats="per_device"), _mesh(), batches)
+    ghost_pmap, ghost_pmap_loss = _run_steps(
+        tiny_config(bn_stats="per_device", parallelism="pmap"), _mesh(), batches
+    )
+    np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+    _assert_trees_close(global4.params, single.params, atol=1e-5)
+    # Ghost BN normalises 4-example slices: the first loss already differs, and the two
+    # implementations of it (shard_map under jit, pmap) agree with each other.
+    assert abs(ghost_loss[0] - loss4[0]) > 1e-4
+    np.testing.assert_allclose(ghost_loss, ghost_pmap_loss, rtol=1e-5)
+
+
+def test_weight_decay_and_schedules():
+    c = base_config()
+    c.optim.warmup_steps, c.optim.warmup_lr = 400, 0.01  # He et al.'s ResNet-110 warm-up
+    s = optim.learning_rate_schedule(c.optim, 64_000, (32_000, 48_000))
+    assert [float(s(t)) for t in (0, 399, 400, 31_999, 32_000, 48_000)] == pytest.approx(
+        [0.01, 0.01, 0.1, 0.1, 0.01, 0.001]
+    )
+    c.optim.schedule, c.optim.warmup_lr, c.optim.warmup_steps = "cosine", 0.0, 0
+    s = optim.learning_rate_schedule(c.optim, 1000, ())
+    assert float(s(500)) == pytest.approx(0.05) and float(s(1000)) == pytest.approx(0.0)
+    # L2 decay goes through momentum; decoupled does not. One step from zero gradient:
+    params = {"conv": {"kernel": jnp.ones((2, 2))}, "bn": {"scale": jnp.ones(2)}}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for decoupled, excluded in ((False, False), (True, True)):
+        c.optim.decoupled_weight_decay, c.optim.exclude_bn_and_bias = decoupled, excluded
+        tx = optim.make_optimizer(c.optim, optim.learning_rate_schedule(c.optim, 10, ()))
+        updates, _ = tx.update(zero, tx.init(params), params)
+        assert float(updates["conv"]["kernel"][0, 0]) == pytest.approx(-0.1 * 1e-4)
+        assert float(updates["bn"]["scale"][0]) == pytest.approx(0.0 if excluded else -1e-5)
+    with pytest.raises(ValueError, match="set config.total_steps or config.total_epochs"):
+        optim.steps_from(base_config(), 100)
+
+
+def test_train_and_evaluate_tiny_run(fashion_mnist_dir, tmp_path):
+    results = train.train_and_evaluate(tiny_config(fashion_mnist_dir), tmp_path)
+    assert results["steps"] == 4 and results["params"] > 0
+    assert 0.0 <= results["test_error"] <= 1.0 and np.isfinite(results["val_loss"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == [2, 4]
+    assert [r["step"] for r in rows if "test_error" in r] == [2, 4]
+    assert json.loads((tmp_path / "results.json").read_text())["test_error"] == results["test_error"]
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "resnet8"
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_non_finite_loss_names_the_step(fashion_mnist_dir, tmp_path):
+    config = tiny_config(fashion_mnist_dir, **{"optim.lr": 1e30, "total_steps": 6})
+    with pytest.raises(train.NonFiniteLossError, match=r"non-finite at step \d"):
+        train.train_and_evaluate(config, tmp_path)
+    assert (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_file_builds_and_is_locked(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert config.is_locked
+    assert module.__doc__ and "python -m resjax.train" in module.__doc__
+    train.build_model(config, num_classes=10)  # the model it names exists
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "resjax.train", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_cli_rejects_a_typo_with_a_suggestion(tmp_path):
+    result = _cli(
+        "--config=configs/fashion_mnist_resnet.py", f"--workdir={tmp_path}", "--config.optim.lrr=1"
+    )
+    assert result.returncode != 0 and "Did you mean" in result.stderr
+
+
+def test_cli_trains_a_tiny_run(fashion_mnist_dir, tmp_path):
+    result = _cli(
+        "--config=configs/fashion_mnist_resnet.py:resnet8",
+        f"--workdir={tmp_path}",
+        f"--config.data.dir={fashion_mnist_dir}",
+        "--config.data.train_split=train[:256]",
+        "--config.data.test_split=test[:64]",
+        "--config.data.val_examples=0",
+        "--config.model.overrides.widths=(4, 4, 8)",
+        "--config.model.overrides.stem_width=4",
+        "--config.total_steps=3",
+        "--config.batch_size=32",
+        "--config.eval_batch_size=32",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resnet8 (residual, depth 8)" in result.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["steps"] == 3
+
+
+@pytest.mark.slow
+def test_loss_falls_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
+    config = tiny_config(
+        fashion_mnist_dir,
+        **{
+            "data.train_split": "train",
+            "data.test_split": "test[:2000]",
+            "data.val_examples": 0,
+            "model.overrides.widths": (8, 16, 16),
+            "model.overrides.stem_width": 8,
+            "total_steps": 300,
+            "log_every_steps": 50,
+            "eval_every_steps": 0,
+            "batch_size": 64,
+            "eval_batch_size": 500,
+        },
+    )
+    train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert rows[-1]["test_error"] < 0.35
