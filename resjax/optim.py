@@ -42,7 +42,9 @@ def learning_rate_schedule(
     `warmup_lr` is 0, a linear ramp from 0 to `lr` (Goyal et al. 2017).
     """
     if optim.schedule not in SCHEDULES:
-        raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}; got {optim.schedule!r}")
+        raise ValueError(
+            f"config.optim.schedule must be one of {SCHEDULES}; got {optim.schedule!r}"
+        )
     warmup = int(optim.warmup_steps)
     if optim.schedule == "step":
         # Boundaries count from step 0 of the run (the paper's iteration numbers), so the decay

@@ -27,7 +27,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resjax import data, models, optim
+from resjax import checkpoint, data, models, optim
 from resjax.metric_writer import MetricWriter, Progress
 
 PARALLELISMS = ("jit", "pmap")
@@ -240,14 +240,14 @@ class Trainer:
     def host_state(self, state: TrainState) -> TrainState:
         """One replicated copy of the state (for eval, checkpoints and export)."""
         if self.mode == "pmap":
-            return jax.tree.map(
-                lambda x: jax.device_put(x[0], self.replicated), state
-            )
+            return jax.tree.map(lambda x: jax.device_put(x[0], self.replicated), state)
         return state
 
     def empty_metrics(self):
-        return self.device_state(empty_metrics()) if self.mode == "pmap" else jax.device_put(
-            empty_metrics(), self.replicated
+        return (
+            self.device_state(empty_metrics())
+            if self.mode == "pmap"
+            else jax.device_put(empty_metrics(), self.replicated)
         )
 
     def step(self, state, batch, metrics):
@@ -291,11 +291,21 @@ def check_workdir(workdir: Path) -> None:
         raise OSError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
 
 
+class Preempted(SystemExit):
+    """SIGTERM/SIGINT arrived: a checkpoint was saved and the run stopped. Exits 0 when
+    uncaught, so that a scheduler requeues the job and the rerun resumes."""
+
+    def __init__(self, message: str):
+        super().__init__(0)
+        self.message = message
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains `config` in `workdir`; returns the final results (also written to results.json).
 
-    Final-step numbers are reported (not the best test epoch); the validation split is what
-    any selection (best checkpoint) uses.
+    Resumes automatically from the latest checkpoint in `workdir`; a finished run returns its
+    results without training. Final-step numbers are reported (not the best test epoch); the
+    validation split is what any selection (the best checkpoint) uses.
     """
     workdir = Path(workdir)
     check_workdir(workdir)
@@ -317,29 +327,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     boundaries = optim.decay_boundaries(config.optim, steps_per_epoch)
     schedule = optim.learning_rate_schedule(config.optim, total_steps, boundaries)
     tx = optim.make_optimizer(config.optim, schedule)
-    state = create_train_state(config, model, tx, splits.image_shape, trainer.replicated)
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    lead = jax.process_index() == 0
+    config_json = json.loads(config.to_json_best_effort())
+
+    def init_state():
+        return create_train_state(config, model, tx, splits.image_shape, trainer.replicated)
+
+    abstract = jax.eval_shape(init_state)  # shapes before FLOPs: nothing allocated yet
+    param_shapes = checkpoint.shapes_of(abstract.params)
+    num_params = sum(int(np.prod(s)) for s in param_shapes.values())
+    ckpt = checkpoint.Checkpointer(
+        workdir, keep=config.keep_checkpoints, track_best=splits.val is not None
+    )
+    latest = ckpt.latest_step()
+    if latest is not None:
+        changes = checkpoint.check_compatible(
+            ckpt.read_meta(latest), param_shapes, config_json, workdir
+        )
+        results_file = workdir / "results.json"
+        if latest >= total_steps and results_file.exists():
+            ckpt.close()
+            if lead:
+                print(f"{workdir}: already finished at step {latest}; results in {results_file}")
+            return json.loads(results_file.read_text())
+        arrays, meta = ckpt.restore(abstract, trainer.replicated, latest)
+        state = abstract.replace(**arrays)
+        train_iter.set_state(meta["data"])
+        checkpoint.record_resume(workdir, latest, changes)
+    else:
+        state = init_state()
+        train_iter.set_state({"batches_consumed": 0})
+    start_step = int(state.step)
+    if train_iter.get_state()["batches_consumed"] != start_step:
+        raise checkpoint.CheckpointMismatchError(
+            f"{workdir}: checkpoint at step {start_step} has data position "
+            f"{train_iter.get_state()}; expected one batch per step"
+        )
 
     writer = MetricWriter(workdir)
-    lead = jax.process_index() == 0
     if lead:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    progress = Progress(total_steps, int(state.step))
+    progress = Progress(total_steps, start_step)
     progress.message(
         f"{config.model.name} ({'residual' if model.residual else 'plain'}, depth {model.depth}) "
         f"{num_params:,} params | {splits.name} {splits.image_shape} | global batch "
         f"{config.batch_size} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es), {config.parallelism} | {total_steps} steps "
-        f"({steps_per_epoch}/epoch)"
+        f"({steps_per_epoch}/epoch)" + (f" | resumed at step {start_step}" if start_step else "")
     )
 
-    start_step = int(state.step)
-    train_iter.set_state({"batches_consumed": start_step})
+    def save(state, wait=False):
+        meta = {
+            "data": train_iter.get_state(),
+            "model_description": checkpoint.describe_model(config_json),
+            "param_shapes": param_shapes,
+            "config": config_json,
+        }
+        ckpt.save(trainer.host_state(state), meta, history.get("val_error"), wait=wait)
+
     state = trainer.device_state(state)
     metrics = trainer.empty_metrics()
     history: dict[str, Any] = {}
     run_start = window_start = time.perf_counter()
     window_step = start_step
+    watch = checkpoint.PreemptionWatch()
     try:
         for step in range(start_step, total_steps):
             batch = next(train_iter)
@@ -371,17 +422,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 )
                 metrics = trainer.empty_metrics()
                 window_start, window_step = time.perf_counter(), done
-            if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
+            if done == total_steps:
+                break  # the final evaluation and checkpoint follow the loop
+            if config.eval_every_steps and done % config.eval_every_steps == 0:
                 history.update(_evaluate_splits(trainer, state, splits, config, writer, done))
                 progress.message(_eval_line(done, history))
                 window_start = time.perf_counter()
+            if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
+                save(state)
+            if watch.requested(done):
+                save(state, wait=True)
+                raise Preempted(
+                    f"{watch.signal_name}: saved a checkpoint at step {done} in {workdir}; "
+                    "rerun the same command to resume"
+                )
+    except BaseException:
+        ckpt.wait()  # a save already under way still completes: never leave it half-done
+        ckpt.close()
+        raise
     finally:
+        watch.close()
         train_iter.close()
         progress.close()
 
     final = _evaluate_splits(trainer, state, splits, config, writer, total_steps)
     history.update(final)
     progress.message(_eval_line(total_steps, history))
+    if ckpt.latest_step() != total_steps:
+        save(state, wait=True)
+    ckpt.wait()
+    ckpt.close()
+    previous = workdir / "results.json"
+    wall = time.perf_counter() - run_start
+    if start_step and previous.exists():  # a run extended on resume: wall time adds up
+        wall += json.loads(previous.read_text()).get("wall_time_s", 0.0)
     results = {
         "model": config.model.name,
         "residual": bool(model.residual),
@@ -391,11 +465,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "steps": total_steps,
         "epochs": total_steps / steps_per_epoch,
         "seed": config.seed,
-        "wall_time_s": time.perf_counter() - run_start,
+        "wall_time_s": wall,
         **{k: v for k, v in history.items() if k not in ("learning_rate", "epoch")},
     }
     if lead:
-        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        tmp = workdir / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(workdir / "results.json")  # atomic: results.json means "finished"
     writer.close()
     return results
 
@@ -406,13 +482,17 @@ def _evaluate_splits(trainer, state, splits, config, writer, step) -> dict[str, 
         source = getattr(splits, name)
         if source is None:
             continue
-        out.update({f"{name}_{k}": v for k, v in trainer.evaluate(state, source, splits, config).items()})
+        out.update(
+            {f"{name}_{k}": v for k, v in trainer.evaluate(state, source, splits, config).items()}
+        )
     writer.write(step, out)
     return out
 
 
 def _eval_line(step: int, history: dict[str, float]) -> str:
-    parts = [f"{k} {history[k]:.4f}" for k in ("val_error", "test_error", "test_loss") if k in history]
+    parts = [
+        f"{k} {history[k]:.4f}" for k in ("val_error", "test_error", "test_loss") if k in history
+    ]
     return f"eval @ {step}: " + ", ".join(parts)
 
 
@@ -457,6 +537,9 @@ def main(argv: list[str]) -> None:
     maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     try:
         train_and_evaluate(f.config, f.workdir)
+    except Preempted as e:
+        print(e.message, file=sys.stderr)
+        raise SystemExit(0) from None
     except (NonFiniteLossError, data.DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
