@@ -161,6 +161,13 @@ class _Block(nn.Module):
             self.sow("diagnostics", "branch_norm", _norm(y))
             self.sow("diagnostics", "branch_std", jnp.std(y.astype(jnp.float32)))
         if not self.residual:
+            if self.lesioned:  # no branch to remove: the block is skipped (Veit et al.'s VGG)
+                if self._needs_projection(x.shape[-1]):
+                    raise ValueError(
+                        "a lesioned plain block is skipped, which needs a parameter-free "
+                        f"shortcut where the shape changes: use shortcut 'A', not {self.shortcut!r}"
+                    )
+                y = self._shortcut(x, train)
             return nn.relu(y) if self.ordering == "post" else y
 
         skip = self._shortcut(shortcut_input, train)

@@ -61,7 +61,9 @@ class ResNet(nn.Module):
       dtype: computation dtype (e.g. 'bfloat16'); parameters stay float32; logits are float32.
       scan: build each stage's identical blocks with nn.scan (flat compile time in depth).
       remat: recompute block activations in the backward pass (nn.remat).
-      lesion: names of blocks ('stage2_block3') whose residual branch is removed at test time.
+      lesion: names of blocks ('stage2_block3') whose residual branch is removed at test time;
+        in a plain network the whole block is skipped (its input passes through, subsampled and
+        zero-padded where the shape changes, as shortcut 'A').
       perturb_inputs: give every block a zero 'perturbations' variable on its input, so that
         grads w.r.t. it are grads w.r.t. the block's input activation (diagnostics).
     """
