@@ -139,13 +139,19 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
     }
 
 
+def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
+    """The `get_model` overrides a config asks for (what export records beside the weights)."""
+    overrides = {k: v for k, v in config.model.overrides.items() if v is not None}
+    overrides.setdefault("num_classes", num_classes)
+    overrides["dtype"] = config.dtype
+    return overrides
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
     """The configured network; under pmap with global BN its BatchNorms get the pmap axis."""
     _check_choice("config.parallelism", config.parallelism, PARALLELISMS)
     _check_choice("config.bn_stats", config.bn_stats, BN_STATS)
-    overrides = {k: v for k, v in config.model.overrides.items() if v is not None}
-    overrides.setdefault("num_classes", num_classes)
-    overrides["dtype"] = config.dtype
+    overrides = model_overrides(config, num_classes)
     if config.parallelism == "pmap" and config.bn_stats == "global":
         overrides["axis_name"] = PMAP_AXIS
     return models.get_model(config.model.name, **overrides)
