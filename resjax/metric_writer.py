@@ -66,7 +66,9 @@ class Progress:
         """Moves the bar to `step` (steps done) and shows `fields`."""
         if not self.enabled:
             return
-        text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        text = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()
+        )
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix_str(text, refresh=True)
