@@ -1,0 +1,184 @@
+"""Plain vs residual networks across depth: He et al. 2015's degradation problem, as one command.
+
+    python -m resjax.train --config=configs/depth_sweep.py --workdir=runs/depth_sweep
+    python -m resjax.report runs/depth_sweep          # the table and plots again, on demand
+
+runs the default sweep: plain and residual CIFAR-style nets of depth 8, 20 and 56 on
+Fashion-MNIST, one seed, each point in `runs/depth_sweep/<point>/` (e.g. `plain_d56_s0`), then
+writes `report.md`, `report.csv` and the plots there. Measured on the 2-core CPU machine: see
+experiments/2026-11-27_depth_sweep/README.md (about 15 minutes for all six points). Expected: the
+56-layer plain net ends with a far higher training error than the 8-layer one (~45% vs ~21%),
+while the 56-layer residual net ends lower than the 8-layer one (~19% vs ~21%).
+
+One point is one string (STYLE habit 3); this reproduces a point of the sweep exactly:
+
+    python -m resjax.train --config=configs/depth_sweep.py:depth=56,plain=1 --workdir=runs/p56
+
+Point keys: depth (6n+2), plain (0|1), seed, recipe ('fmnist'|'cifar10'), ordering
+('post'|'pre'), shortcut ('A'|'B'|'C'|'conv'). A bare word names a sweep instead:
+`:cifar10` (He et al.'s CIFAR-10 sweep, 20/32/44/56/110, for GPUs), `:preact` (post- vs
+pre-activation), `:shortcut` (shortcut kinds A/B/C), `:cifar10_preact`, `:cifar10_shortcut`;
+`python -m resjax.sweep list configs/depth_sweep.py:cifar10` prints its points.
+
+Why the default recipe looks the way it does: the whole sweep must fit in ~15 minutes on two
+shared CPU cores, so the nets are 4x narrower than He et al.'s (widths 8/16/32) and train for
+1,200 steps of batch 32 (~0.7 epoch). A smaller batch with more steps was what let the 56-layer
+residual net overtake the 8-layer one within that budget (batch 64 x 600 steps: it did not);
+the plain 56-layer net degrades either way. Numbers from the recipe search are in the
+experiments record.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from resjax.config import base_config, lock
+
+# Keys a point arg may set, with their parser and default.
+POINT_KEYS = {
+    "depth": (int, 20),
+    "plain": (int, 0),
+    "seed": (int, 0),
+    "recipe": (str, "fmnist"),
+    "ordering": (str, "post"),
+    "shortcut": (str, "A"),
+}
+RECIPES = ("fmnist", "cifar10")
+
+# Named sweeps: recipe, depths, families (plain flags), seeds, and the ablated field's values.
+_BASE_SWEEPS = {
+    "": dict(depths=(8, 20, 56), plain=(1, 0), seeds=(0,)),
+    "preact": dict(depths=(8, 20, 56), plain=(0,), seeds=(0,), ordering=("post", "pre")),
+    "shortcut": dict(depths=(8, 20, 56), plain=(0,), seeds=(0,), shortcut=("A", "B", "C")),
+}
+_CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2015, Fig. 6 and Table 6
+SWEEPS = {
+    "fmnist": dict(_BASE_SWEEPS[""], recipe="fmnist"),
+    "preact": dict(_BASE_SWEEPS["preact"], recipe="fmnist"),
+    "shortcut": dict(_BASE_SWEEPS["shortcut"], recipe="fmnist"),
+    "cifar10": dict(_BASE_SWEEPS[""], depths=_CIFAR_DEPTHS, recipe="cifar10"),
+    "cifar10_preact": dict(_BASE_SWEEPS["preact"], depths=_CIFAR_DEPTHS, recipe="cifar10"),
+    "cifar10_shortcut": dict(_BASE_SWEEPS["shortcut"], depths=_CIFAR_DEPTHS, recipe="cifar10"),
+}
+
+
+def parse_arg(arg: str | None) -> dict:
+    """`'depth=56,plain=1'` -> {'depth': 56, 'plain': 1, 'seed': 0, ...} (defaults filled in).
+
+    A bare sweep name (or nothing) gives that sweep's first point.
+    """
+    if not arg or "=" not in arg:
+        return parse_arg(_points(arg or "fmnist")[0])
+    values = {k: default for k, (_, default) in POINT_KEYS.items()}
+    for item in arg.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in POINT_KEYS:
+            raise ValueError(
+                f"depth_sweep point {arg!r}: unknown key {key!r}; allowed keys: "
+                f"{', '.join(POINT_KEYS)} (e.g. 'depth=56,plain=1,seed=0')"
+            )
+        values[key] = POINT_KEYS[key][0](value.strip())
+    if values["recipe"] not in RECIPES:
+        raise ValueError(f"depth_sweep recipe must be one of {RECIPES}; got {values['recipe']!r}")
+    if values["plain"] not in (0, 1):
+        raise ValueError(f"depth_sweep plain must be 0 or 1; got {values['plain']}")
+    depth = values["depth"]
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(
+            f"depth_sweep depth must be 6n+2 (8, 20, 32, 44, 56, 110, ...); got {depth}"
+        )
+    return values
+
+
+def get_config(arg: str | None = None):
+    """The config of one point, `arg` = 'key=value,...' (see the module docstring)."""
+    p = parse_arg(arg)
+    c = base_config()
+    c.seed = p["seed"]
+    c.model.name = f"{'plain' if p['plain'] else 'resnet'}{p['depth']}"
+    c.model.overrides.ordering = p["ordering"]
+    c.model.overrides.shortcut = p["shortcut"]
+    if p["recipe"] == "cifar10":
+        _he_cifar10(c, p["depth"])
+    else:
+        _fast_fmnist(c)
+    return lock(c)
+
+
+def _fast_fmnist(c) -> None:
+    """Sized for the whole default sweep to run in ~15 minutes on 2 CPU cores (see docstring)."""
+    c.data.name = "fashion_mnist"
+    c.data.val_examples = 2000  # evaluation is a real cost at depth 56 on a CPU
+    c.data.augment = "pad_crop_flip"
+    c.model.overrides.widths = (8, 16, 32)  # He et al.'s 16/32/64 quartered in FLOPs
+    c.model.overrides.stem_width = 8
+    c.batch_size = 32  # more, smaller steps: what the deep residual net needs in a short budget
+    c.total_steps = 1200  # 38,400 images, ~0.7 epoch of 53k
+    c.optim.lr = 0.05  # measured: lets plain-56 train at all and resnet-56 overtake resnet-8
+    c.optim.decay_steps = (600, 900)  # ÷10 at 50% and 75%, as He et al.'s 32k/48k of 64k
+    c.log_every_steps = 100  # the final training error is the mean over the last 100 steps
+    c.eval_every_steps = 0  # evaluate once, at the end
+    c.checkpoint_every_steps = 300
+    c.eval_batch_size = 500
+
+
+def _he_cifar10(c, depth: int) -> None:
+    """He et al. 2015, sec. 4.2: 64k steps of batch 128 on 45k/5k CIFAR-10 (a GPU job)."""
+    c.data.name = "cifar10"
+    c.data.val_examples = 5000  # 45k/5k train/val split
+    c.data.augment = "pad_crop_flip"  # 4-px pad, 32x32 crop, horizontal flip
+    c.batch_size = 128
+    c.total_steps = 64_000
+    c.optim.lr = 0.1
+    c.optim.decay_steps = (32_000, 48_000)  # ÷10 at 32k and 48k
+    if depth >= 110:
+        # "0.1 is slightly too large to start converging": 0.01 until training error < 80%,
+        # about 400 iterations, then 0.1 (He et al. 2015, sec. 4.2).
+        c.optim.warmup_steps = 400
+        c.optim.warmup_lr = 0.01
+    c.log_every_steps = 200
+    c.eval_every_steps = 2000
+    c.checkpoint_every_steps = 2000
+
+
+def _points(name: str) -> list[str]:
+    if name not in SWEEPS:
+        raise ValueError(
+            f"unknown depth_sweep sweep {name!r}; named sweeps: {', '.join(SWEEPS)} "
+            "(or a single point 'depth=56,plain=1,...')"
+        )
+    s = SWEEPS[name]
+    points = []
+    for plain, ordering, shortcut, depth, seed in itertools.product(
+        s["plain"], s.get("ordering", ("post",)), s.get("shortcut", ("A",)), s["depths"], s["seeds"]
+    ):
+        parts = [f"depth={depth}", f"plain={plain}", f"seed={seed}"]
+        if s["recipe"] != "fmnist":
+            parts.append(f"recipe={s['recipe']}")
+        if ordering != "post":
+            parts.append(f"ordering={ordering}")
+        if shortcut != "A":
+            parts.append(f"shortcut={shortcut}")
+        points.append(",".join(parts))
+    return points
+
+
+def sweep(arg: str | None = None) -> list[str] | None:
+    """The points of the sweep `arg` names ('' = the default), or None when `arg` is one point."""
+    if arg and "=" in arg:
+        return None
+    return _points(arg or "fmnist")
+
+
+def point_name(point: str) -> str:
+    """'depth=56,plain=1,seed=0' -> 'plain_d56_s0'; ablations add '_pre' or '_B' etc."""
+    p = parse_arg(point)
+    name = "plain" if p["plain"] else "resnet"
+    if p["recipe"] != "fmnist":
+        name = f"{p['recipe']}_{name}"
+    if p["ordering"] != "post":
+        name += f"_{p['ordering']}"
+    if p["shortcut"] != "A":
+        name += f"_{p['shortcut']}"
+    return f"{name}_d{p['depth']}_s{p['seed']}"
