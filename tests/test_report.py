@@ -1,0 +1,120 @@
+"""resjax.report: tables and plots from a hand-made sweep workdir (no training)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resjax import report
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _point(workdir, name, *, depth, plain, seed, train_error, test_error, curve, finished=True):
+    d = workdir / name
+    d.mkdir(parents=True)
+    model = f"{'plain' if plain else 'resnet'}{depth}"
+    config = {"seed": seed, "model": {"name": model, "overrides": {"ordering": "post"}}}
+    (d / "config.json").write_text(json.dumps(config))
+    rows = [{"step": s, "train_loss": 2 * e, "train_error": e} for s, e in curve]
+    rows.append({"step": curve[-1][0], "val_error": test_error, "test_error": test_error})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if finished:
+        results = {
+            "model": model, "residual": not plain, "depth": depth, "params": 1000 * depth,
+            "steps": curve[-1][0], "seed": seed, "wall_time_s": 10.0, "train_loss": 2 * train_error,
+            "train_error": train_error, "val_error": test_error, "test_error": test_error,
+        }  # fmt: skip
+        (d / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    """plain 8 (2 seeds) and 56, residual 8 and 56 finished; residual 20 failed; plain 20 never
+    started; plain_d8_s1 was rerun (its step-20 row appears twice, the last one counts)."""
+    curve = lambda start, end: [(10, start), (20, (start + end) / 2), (30, end)]  # noqa: E731
+    _point(tmp_path, "plain_d8_s0", depth=8, plain=1, seed=0, train_error=0.20, test_error=0.22,
+           curve=curve(0.5, 0.20))  # fmt: skip
+    _point(tmp_path, "plain_d8_s1", depth=8, plain=1, seed=1, train_error=0.24, test_error=0.26,
+           curve=curve(0.5, 0.24))  # fmt: skip
+    with (tmp_path / "plain_d8_s1" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 20, "train_error": 0.33}) + "\n")
+    _point(tmp_path, "plain_d56_s0", depth=56, plain=1, seed=0, train_error=0.45,
+           test_error=0.46, curve=curve(0.8, 0.45))  # fmt: skip
+    _point(tmp_path, "resnet_d8_s0", depth=8, plain=0, seed=0, train_error=0.21,
+           test_error=0.22, curve=curve(0.5, 0.21))  # fmt: skip
+    _point(tmp_path, "resnet_d56_s0", depth=56, plain=0, seed=0, train_error=0.19,
+           test_error=0.20, curve=curve(0.6, 0.19))  # fmt: skip
+    _point(tmp_path, "resnet_d20_s0", depth=20, plain=0, seed=0, train_error=0.3,
+           test_error=0.3, curve=curve(0.6, 0.3), finished=False)  # fmt: skip
+    names = ["plain_d8_s0", "plain_d8_s1", "plain_d20_s0", "plain_d56_s0", "resnet_d8_s0",
+             "resnet_d20_s0", "resnet_d56_s0"]  # fmt: skip
+    status = {n: {"status": "finished", "wall_time_s": 12.0} for n in names}
+    status["plain_d20_s0"] = {"status": "pending", "depth": 20}
+    status["resnet_d20_s0"] = {"status": "failed", "error": "RuntimeError: boom"}
+    (tmp_path / "sweep_status.json").write_text(json.dumps({"points": status}))
+    return tmp_path
+
+
+def test_report_tables_and_plots(sweep_dir):
+    paths = report.write_report(sweep_dir)
+    for name in report.PLOTS:
+        assert (sweep_dir / name).read_bytes()[:8] == PNG
+    md = paths["markdown"].read_text()
+    assert "5 of 7 points finished" in md
+    assert "| plain_d8 | plain | 8 | 8,000 | 2/2 |" in md  # mean ± std over the two seeds
+    assert "22.00 ± 2.83" in md  # train error: mean 22%, sample std 2.83 points
+    assert "failed: RuntimeError: boom" in md and "| plain_d20_s0 | pending |" in md
+    assert "**plain**: final training error 22.00% at depth 8 → 45.00% at depth 56" in md
+    assert "deeper is worse" in md.split("**residual**")[0]
+    assert "19.00% at depth 56 (-2.00 points: deeper is not worse)" in md
+    assert "0:00:12" in md  # the sweep's wall time of a point wins over results.json's
+
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["point"] for r in rows][:3] == ["plain_d8_s0", "plain_d8_s1", "plain_d20_s0"]
+    assert rows[2]["status"] == "pending" and rows[2]["train_error"] == ""
+    assert float(rows[0]["test_error"]) == 0.22 and rows[0]["family"] == "plain"
+    summary = {r["setting"]: r for r in csv.DictReader(paths["summary_csv"].open())}
+    assert float(summary["plain_d8"]["train_error"]) == pytest.approx(0.22)
+    assert summary["resnet_d56"]["train_error_std"] == ""  # one seed: no std
+
+
+def test_rerun_rows_and_unfinished_points(sweep_dir):
+    points = {p.point: p for p in report.load_points(sweep_dir)}
+    assert dict(points["plain_d8_s1"].curve)[20] == 0.33  # the rerun's row wins
+    failed = points["resnet_d20_s0"]
+    assert failed.status == "failed" and failed.train_error == 0.3  # its last logged window
+    assert points["plain_d20_s0"].status == "pending" and points["plain_d20_s0"].depth == 20
+
+
+def test_report_without_status_file_and_family_labels(tmp_path):
+    _point(tmp_path, "a", depth=20, plain=0, seed=0, train_error=0.1, test_error=0.1,
+           curve=[(5, 0.3), (10, 0.1)])  # fmt: skip
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config["model"]["overrides"].update(ordering="pre", shortcut="B")
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "not_a_point").mkdir()
+    points = report.load_points(tmp_path)
+    assert [p.point for p in points] == ["a"] and points[0].family == "residual (pre, shortcut B)"
+    with pytest.raises(FileNotFoundError, match="holds no sweep points"):
+        report.write_report(tmp_path / "not_a_point")
+
+
+def test_cli_and_import_without_jax(sweep_dir):
+    code = "import sys, resjax.report; assert 'jax' not in sys.modules, 'jax imported'"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "resjax.report", str(sweep_dir)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Shallowest vs deepest" in result.stdout and (sweep_dir / "report.md").exists()
+    empty = subprocess.run(
+        [sys.executable, "-m", "resjax.report", str(sweep_dir / "plain_d8_s0")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert empty.returncode == 1 and "holds no sweep points" in empty.stderr

@@ -1,0 +1,236 @@
+"""resjax.sweep: enumeration, naming, key checking, running (skip, resume, failure), CLIs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resjax import sweep, train
+from resjax.metric_writer import MetricWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPTH_SWEEP = str(ROOT / "configs" / "depth_sweep.py")
+
+# A 2-point sweep of tiny nets (tests/test_train.py's tiny_config, as a config file).
+TINY_SWEEP = '''
+"""Tiny sweep for tests: python -m resjax.train --config=THIS --workdir=DIR"""
+from resjax.config import base_config, lock
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.model.name = arg or "resnet8"
+    c.model.overrides.widths = (4, 8, 8)
+    c.model.overrides.stem_width = 4
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.total_steps = 6
+    c.log_every_steps = 2
+    c.eval_every_steps = 0
+    c.checkpoint_every_steps = 4
+    c.data.train_split = "train[:512]"
+    c.data.test_split = "test[:128]"
+    c.data.val_examples = 64
+    return lock(c)
+
+
+def sweep(arg=None):
+    return None if arg else ["resnet8", "plain8"]
+'''
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+    path = tmp_path / "tiny_sweep.py"
+    path.write_text(TINY_SWEEP)
+    return str(path)
+
+
+def test_default_depth_sweep_points_and_names():
+    points = sweep.enumerate_points(DEPTH_SWEEP)
+    assert [p.name for p in points] == [
+        "plain_d8_s0", "plain_d20_s0", "plain_d56_s0", "resnet_d8_s0", "resnet_d20_s0",
+        "resnet_d56_s0",
+    ]  # fmt: skip
+    p56 = points[2]
+    assert p56.arg == "depth=56,plain=1,seed=0" and p56.depth == 56
+    assert p56.flags() == [f"--config={DEPTH_SWEEP}:depth=56,plain=1,seed=0"]
+    assert p56.config.is_locked and p56.config.model.name == "plain56"
+    # The point string alone rebuilds the same config (STYLE habit 3).
+    again = sweep.enumerate_points(DEPTH_SWEEP, "depth=56,plain=1")
+    assert [p.name for p in again] == ["plain_d56_s0"]
+    assert again[0].config.to_dict() == p56.config.to_dict()
+    assert not sweep.is_sweep(DEPTH_SWEEP, "depth=56,plain=1") and sweep.is_sweep(DEPTH_SWEEP, None)
+
+
+def test_named_sweeps():
+    cifar = sweep.enumerate_points(DEPTH_SWEEP, "cifar10")
+    assert len(cifar) == 10 and cifar[0].name == "cifar10_plain_d20_s0"
+    assert sorted({p.depth for p in cifar}) == [20, 32, 44, 56, 110]
+    r110 = next(p.config for p in cifar if p.name == "cifar10_resnet_d110_s0")
+    assert r110.data.name == "cifar10" and r110.total_steps == 64_000
+    assert (r110.optim.warmup_steps, r110.optim.warmup_lr) == (400, 0.01)  # He et al. sec. 4.2
+    pre = [p.name for p in sweep.enumerate_points(DEPTH_SWEEP, "preact")]
+    assert "resnet_pre_d56_s0" in pre and "resnet_d56_s0" in pre
+    shortcuts = sweep.enumerate_points(DEPTH_SWEEP, "shortcut")
+    assert {p.config.model.overrides.shortcut for p in shortcuts} == {"A", "B", "C"}
+
+
+def test_unknown_keys_fail_before_anything_runs(tmp_path):
+    with pytest.raises(sweep.SweepError, match=r"sweep point 1 'plain_d8_s0'.*'optim.lrr'.*"
+                       r"Did you mean 'optim.lr'"):  # fmt: skip
+        sweep.enumerate_points(DEPTH_SWEEP, None, {"optim.lrr": 0.1})
+    with pytest.raises(sweep.SweepError, match=r"unknown key 'plian'; allowed keys: depth"):
+        sweep.enumerate_points(DEPTH_SWEEP, "depth=20,plian=1")
+    with pytest.raises(sweep.SweepError, match=r"depth must be 6n\+2 .* got 21"):
+        sweep.enumerate_points(DEPTH_SWEEP, "depth=21")
+    with pytest.raises(sweep.SweepError, match=r"unknown depth_sweep sweep 'bogus'"):
+        sweep.enumerate_points(DEPTH_SWEEP, "bogus")
+    # Override-dict points: the bad key is named with its point; names must differ.
+    path = tmp_path / "dict_sweep.py"
+    path.write_text(
+        "from resjax.config import base_config, lock\n"
+        "def get_config(arg=None):\n    return lock(base_config())\n"
+        "def sweep(arg=None):\n"
+        "    return [{'optim.lr': 0.1}, {'optim.lr': 0.2, 'model.overides.scan': True}]\n"
+    )
+    with pytest.raises(sweep.SweepError, match=r"sweep point 2 'lr0.2_scanTrue'.*"
+                       r"'model.overides.scan'.*Did you mean 'model.overrides'"):  # fmt: skip
+        sweep.enumerate_points(str(path))
+    path.write_text(path.read_text().replace("'model.overides.scan': True", "'seed': 1"))
+    points = sweep.enumerate_points(str(path))
+    assert [p.name for p in points] == ["lr0.1", "lr0.2_seed1"]
+    assert points[1].config.optim.lr == 0.2 and points[1].config.seed == 1
+    assert points[1].flags() == [
+        f"--config={path}",
+        "--point=lr0.2_seed1",
+        "--config.optim.lr=0.2",
+        "--config.seed=1",
+    ]
+    with pytest.raises(sweep.SweepError, match="cannot set config.optim.lr = 'fast'"):
+        sweep.enumerate_points(str(path), None, {"optim.lr": "fast"})
+    path.write_text(path.read_text().replace("'seed': 1", "'optim.lr': 0.1"))
+    with pytest.raises(sweep.SweepError, match="same name as sweep point 1"):
+        sweep.enumerate_points(str(path))
+
+
+def _fake_train(fail=()):
+    """A train_fn that writes what a finished run leaves (config.json, results.json)."""
+    calls = []
+
+    def train_fn(config, workdir):
+        calls.append(workdir.name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort())
+        if workdir.name in fail:
+            raise RuntimeError(f"{workdir.name} broke\nsecond line")
+        results = {"train_error": 0.5, "test_error": 0.5, "residual": True, "depth": 8}
+        (workdir / "results.json").write_text(json.dumps(results))
+        return results
+
+    return train_fn, calls
+
+
+def test_failure_is_recorded_and_the_rest_run(tiny_sweep, tmp_path, capsys):
+    train_fn, calls = _fake_train(fail=("resnet8",))
+    code = sweep.run_from_flags(tiny_sweep, None, {}, tmp_path / "w", train_fn=train_fn)
+    assert code == 1 and calls == ["resnet8", "plain8"]
+    status = json.loads((tmp_path / "w" / sweep.STATUS_FILE).read_text())["points"]
+    assert status["resnet8"]["status"] == "failed"
+    assert status["resnet8"]["error"] == "RuntimeError: resnet8 broke"
+    assert status["plain8"]["status"] == "finished"
+    out = capsys.readouterr()
+    assert "point 1/2 resnet8: FAILED" in out.out and "point 2/2 plain8: starting" in out.out
+    assert "ETA of the sweep 0:00:00" in out.out and "1 point(s) did not finish: resnet8" in out.err
+    assert (
+        "| resnet8 | failed: RuntimeError: resnet8 broke |"
+        in (tmp_path / "w" / "report.md").read_text()
+    )
+    # The rerun skips the finished point and retries the failed one.
+    train_fn, calls = _fake_train()
+    assert sweep.run_from_flags(tiny_sweep, None, {}, tmp_path / "w", train_fn=train_fn) == 0
+    assert calls == ["resnet8"]
+    # A changed config is not "finished": the point goes back to train_fn (which may extend it).
+    train_fn, calls = _fake_train()
+    sweep.run_from_flags(tiny_sweep, None, {"total_steps": 8}, tmp_path / "w", train_fn=train_fn)
+    assert calls == ["resnet8", "plain8"]
+
+
+def test_skip_finished_and_resume_interrupted(tiny_sweep, fashion_mnist_dir, tmp_path, monkeypatch):
+    """Point 1 finishes (a stand-in run); point 2 really trains and is interrupted at step 6,
+    after its step-4 checkpoint. The rerun skips point 1 and resumes point 2 from step 4."""
+    overrides = {"data.dir": str(fashion_mnist_dir)}
+    points = sweep.enumerate_points(tiny_sweep, None, overrides)
+    workdir = tmp_path / "w"
+    write = MetricWriter.write
+    fake, _ = _fake_train()
+
+    def first_train_fn(config, point_dir):
+        if point_dir.name == "resnet8":
+            return fake(config, point_dir)
+        return train.train_and_evaluate(config, point_dir)
+
+    def interrupting_write(self, step, metrics):
+        if step == 6 and "train_loss" in metrics and "plain8" in str(self._path):
+            raise KeyboardInterrupt  # as a Ctrl-C at step 6 would
+        write(self, step, metrics)
+
+    monkeypatch.setattr(MetricWriter, "write", interrupting_write)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(points, workdir, first_train_fn, lead=True, log=lambda line: None)
+    status = json.loads((workdir / sweep.STATUS_FILE).read_text())["points"]
+    assert status["resnet8"]["status"] == "finished"
+    assert status["plain8"]["status"] == "interrupted"
+    assert not (workdir / "plain8" / "results.json").exists()
+    assert "| plain8 | interrupted |" in (workdir / "report.md").read_text()
+
+    monkeypatch.setattr(MetricWriter, "write", write)
+    trained = []
+
+    def train_fn(config, point_dir):
+        trained.append(point_dir.name)
+        return train.train_and_evaluate(config, point_dir)
+
+    status = sweep.run_sweep(points, workdir, train_fn, lead=True, log=lambda line: None)
+    assert trained == ["plain8"]
+    assert status["points"]["resnet8"] == {**status["points"]["resnet8"], "skipped": True}
+    assert status["points"]["plain8"]["status"] == "finished"
+    rows = [json.loads(x) for x in (workdir / "plain8" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == [2, 4, 6]  # steps 1-4 not redone
+    assert json.loads((workdir / "plain8" / "results.json").read_text())["steps"] == 6
+
+
+def test_list_cli_reproduces_points():
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "resjax.sweep", "list", *args],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+
+    result = run("configs/depth_sweep.py", "--config.total_steps=3")
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert lines[2] == [
+        "plain_d56_s0", "--config=configs/depth_sweep.py:depth=56,plain=1,seed=0 "
+        "--config.total_steps=3",
+    ]  # fmt: skip
+    bad = run("configs/depth_sweep.py", "--config.optim.lrr=1")
+    assert bad.returncode == 1 and 'Did you mean "lr"' in bad.stderr
+
+
+def test_train_cli_skips_a_finished_sweep_and_writes_the_report(tiny_sweep, tmp_path):
+    """`python -m resjax.train --config=SWEEP` enumerates, skips what is done, reports."""
+    train_fn, _ = _fake_train()
+    sweep.run_sweep(sweep.enumerate_points(tiny_sweep), tmp_path, train_fn, lead=True, log=print)
+    (tmp_path / "report.md").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "resjax.train", f"--config={tiny_sweep}", f"--workdir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "point 2/2 plain8: already finished, skipped" in result.stdout
+    assert (tmp_path / "report.md").exists()
+    with pytest.raises(sweep.SweepError, match="no point named 'nope'.*points: resnet8, plain8"):
+        sweep.enumerate_points(tiny_sweep, only="nope")
