@@ -205,7 +205,9 @@ class Trainer:
         self.mode = config.parallelism
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
-        batch_sharding = NamedSharding(mesh, P("data"))
+        batch_sharding = self._batch_sharding = NamedSharding(mesh, P("data"))
+        self._label_smoothing = config.optim.label_smoothing
+        self._diagnostics = None  # compiled on first use
         step = functools.partial(train_step, label_smoothing=config.optim.label_smoothing)
         if self.mode == "pmap":
             self._step = jax.pmap(
@@ -233,6 +235,25 @@ class Trainer:
         self._eval = jax.jit(
             eval_step, in_shardings=(self.replicated, batch_sharding), out_shardings=self.replicated
         )
+
+    def diagnostics(self, model: models.ResNet, state: TrainState, batch) -> dict[str, float]:
+        """Per-block gradient flow and branch sizes on `batch` (resjax.diagnostics), on host."""
+        if self._diagnostics is None:
+            from resjax.diagnostics import make_block_diagnostics
+
+            fn = make_block_diagnostics(
+                model.clone(axis_name=None), label_smoothing=self._label_smoothing
+            )
+            self._diagnostics = jax.jit(
+                fn,
+                in_shardings=(self.replicated, self.replicated, self._batch_sharding),
+                out_shardings=self.replicated,
+            )
+        host = self.host_state(state)
+        if self.mode == "pmap":  # the host-local batch, as one global array
+            batch = jax.device_put(batch, self._batch_sharding)
+        values = self._diagnostics(host.params, host.batch_stats, batch)
+        return {k: float(v) for k, v in jax.device_get(values).items()}
 
     def device_state(self, state: TrainState) -> TrainState:
         """The state as the step wants it: replicated global arrays, or stacked per device."""
@@ -434,6 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 history.update(_evaluate_splits(trainer, state, splits, config, writer, done))
                 progress.message(_eval_line(done, history))
                 window_start = time.perf_counter()
+            if config.diagnostics_every_steps and done % config.diagnostics_every_steps == 0:
+                writer.write(done, trainer.diagnostics(model, state, batch))
             if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
                 save(state)
             if watch.requested(done):
@@ -528,21 +551,37 @@ def _define_flags():
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
     flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.DEFINE_string(
+        "point", None, "Run only this named point of the config's sweep (see resjax.sweep)."
+    )
+    flags.mark_flags_as_required(["config"])  # --workdir defaults to runs/<config>[_<arg>]
 
 
 def main(argv: list[str]) -> None:
-    """`python -m resjax.train --config=FILE[:ARG] --workdir=DIR [--config.key=value ...]`."""
+    """`python -m resjax.train --config=FILE[:ARG] --workdir=DIR [--config.key=value ...]`.
+
+    When FILE[:ARG] names a sweep (FILE defines `sweep(ARG)`), every point runs in turn in
+    DIR/<point>/ and the report is written to DIR (resjax.sweep, resjax.report).
+    """
     import sys
 
     from absl import flags
 
+    from resjax import sweep
+
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    config_file, arg = sweep.split_config_spec(f["config"].config_filename)
+    workdir = f.workdir or str(sweep.default_workdir(config_file, arg))
     maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     try:
-        train_and_evaluate(f.config, f.workdir)
+        if f.point or sweep.is_sweep(config_file, arg):
+            overrides = f["config"].override_values
+            raise SystemExit(
+                sweep.run_from_flags(config_file, arg, overrides, workdir, point=f.point)
+            )
+        train_and_evaluate(f.config, workdir)
     except Preempted as e:
         print(e.message, file=sys.stderr)
         raise SystemExit(0) from None

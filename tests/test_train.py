@@ -138,7 +138,9 @@ def test_train_and_evaluate_tiny_run(fashion_mnist_dir, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train_loss" in r] == [2, 4]
     assert [r["step"] for r in rows if "test_error" in r] == [2, 4]
-    assert json.loads((tmp_path / "results.json").read_text())["test_error"] == results["test_error"]
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["test_error"] == results["test_error"]
+    )
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "resnet8"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
@@ -215,3 +217,12 @@ def test_loss_falls_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert losses[-1] < 0.6 * losses[0], losses
     assert rows[-1]["test_error"] < 0.35
+
+
+def test_diagnostics_are_logged_every_n_steps(fashion_mnist_dir, tmp_path):
+    config = tiny_config(fashion_mnist_dir, diagnostics_every_steps=2, eval_every_steps=0)
+    train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    diag = [r for r in rows if "diag/stage1_block1/grad_norm" in r]
+    assert [r["step"] for r in diag] == [2]  # not at the final step: the run ends there
+    assert all(np.isfinite(v) for k, v in diag[0].items() if k.startswith("diag/"))
