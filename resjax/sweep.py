@@ -455,7 +455,8 @@ def run_from_flags(
         + ", ".join(p.name for p in points),
         flush=True,
     )
-    status = run_sweep(points, workdir, train_fn, command=shlex.join(sys.argv))
+    command = "python -m resjax.train " + shlex.join(sys.argv[1:])
+    status = run_sweep(points, workdir, train_fn, command=command)
     failed = failed_points(status)
     if failed:
         print(
