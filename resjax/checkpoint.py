@@ -15,6 +15,7 @@ Kept: the latest `keep_checkpoints`, plus the best by validation error.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -229,15 +230,20 @@ class PreemptionWatch:
 
     Single process: our own signal handlers set a flag. Several processes: JAX's preemption
     sync point, so that every process stops at the same step (needs jax.distributed, which a
-    multi-process run has initialised).
+    multi-process run has initialised). There SIGTERM is left to JAX's preemption service (it
+    tells every process, whichever one got the signal), and SIGINT is passed on to it as SIGTERM;
+    a local flag would stop processes that got the signal at different steps, and the first
+    collective save would then hang.
     """
 
     def __init__(self):
         self._requested = threading.Event()
         self._signal = None
         self._previous = {}
+        self._multiprocess = jax.process_count() > 1
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -246,13 +252,15 @@ class PreemptionWatch:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the final save
         self._signal = signal.Signals(signum).name
         self._requested.set()
+        if self._multiprocess:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service (its handler)
 
     def requested(self, step: int) -> bool:
         """True when the run should checkpoint at `step` and stop (same answer on all processes)."""
-        if jax.process_count() > 1:
+        if self._multiprocess:
             from jax.experimental import multihost_utils
 
-            return self._requested.is_set() or multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(step)
         return self._requested.is_set()
 
     @property
@@ -282,9 +290,15 @@ def load_variables(
         step = ckpt.best_step() if which == "best" else ckpt.latest_step()
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {workdir}/checkpoints")
+        # As host numpy arrays: the saved shardings name the saving run's devices, which a
+        # multi-process run's (or any other device count's) reader does not have.
+        saved = ocp.StandardCheckpointHandler().metadata(ckpt.directory / str(step) / "state")
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
         restored = ckpt.manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(restore_args=as_numpy), meta=ocp.args.JsonRestore()
+            ),
         )
     finally:
         ckpt.close()
