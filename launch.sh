@@ -1,0 +1,432 @@
+#!/usr/bin/env bash
+# launch.sh: fans a config's sweep out over this machine's accelerators, or over SLURM.
+# See `./launch.sh --help`. Plain bash; the sweep's points come from `python -m resjax.sweep list`,
+# the same enumeration as the sequential runner (`python -m resjax.train --config=SWEEP`).
+set -euo pipefail
+
+PROG=${0##*/}
+PYTHON=${RESJAX_PYTHON:-python3}
+POLL_S=${RESJAX_LAUNCH_POLL_S:-0.5}
+TPU_BASE_PORT=8476
+
+usage() {
+  cat <<EOF
+Usage: ./$PROG [options] CONFIG[:ARG] [--config.key=value ...]
+       ./$PROG --slurm [sbatch options] [--nodes N] [--per-point G] CONFIG[:ARG] [--config...]
+
+Runs every point of the sweep CONFIG[:ARG] (as listed by \`python -m resjax.sweep list\`), each
+as \`python -m resjax.train FLAGS --workdir=WORKDIR/<point>\`, logging to WORKDIR/<point>/log.txt.
+
+On this machine (default):
+  one point per accelerator slot, a queue when there are more points than slots. Slots:
+  the GPUs in CUDA_VISIBLE_DEVICES (else those nvidia-smi lists), or the TPU chips in
+  /dev/accel*, --per-point of them per point; on a CPU-only machine (or with
+  JAX_PLATFORMS=cpu) --parallel points at once. A failed point does not stop the others; the
+  exit status is 1 if any failed, and the summary names each with its log. Rerunning skips
+  finished points and resumes interrupted ones (from their checkpoints). Ctrl-C (or SIGTERM)
+  asks every running point to checkpoint and stop; a second Ctrl-C kills them.
+
+With --slurm:
+  writes WORKDIR/slurm/<name>.sbatch, a job array with one task per unfinished point,
+  --signal=TERM@120 --requeue (a preempted or timed-out point checkpoints and is requeued; its
+  rerun resumes), and submits it with \`sbatch [sbatch options] SCRIPT\`. sbatch options go
+  between --slurm and CONFIG (e.g. --partition=gpu --time=4:00:00 --gres=... ; a value may
+  follow its option as a separate word). --nodes N runs each point on N hosts with srun and
+  jax.distributed.initialize() (SLURM detection: one process per task).
+
+Options:
+  --workdir DIR   where the points' directories go (default: runs/<config>[_<arg>], as the
+                  sequential runner)
+  --per-point N   accelerators per point (default 1). With --slurm: GPUs per host per point,
+                  one process per GPU (--gpus-per-node=N --ntasks-per-node=N)
+  --parallel N    points at once on a CPU-only machine (default 1); with accelerators, at
+                  most N at once
+  --slurm         submit to SLURM instead of running here
+  --nodes N       (--slurm) hosts per point (default 1)
+  --dry-run       print the commands (and the sbatch script) without running anything
+  -h, --help      this text
+
+Environment: RESJAX_PYTHON (default python3), CUDA_VISIBLE_DEVICES, JAX_PLATFORMS.
+Examples:
+  ./$PROG configs/depth_sweep.py --parallel 2
+  ./$PROG configs/depth_sweep.py:cifar10 --per-point 1 --workdir runs/cifar
+  ./$PROG --slurm --partition=gpu --time=8:00:00 --per-point 4 configs/depth_sweep.py:cifar10
+EOF
+}
+
+die() {  # die MESSAGE [STATUS]
+  echo "$PROG: error: $1" >&2
+  exit "${2:-2}"
+}
+
+say() { echo "[launch $(date +%H:%M:%S)] $*"; }
+
+duration() {  # seconds -> H:MM:SS
+  local s=$1
+  printf '%d:%02d:%02d' $((s / 3600)) $((s / 60 % 60)) $((s % 60))
+}
+
+positive_int() {  # positive_int OPTION VALUE
+  [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive integer; got '${2}'"
+}
+
+# ---------------------------------------------------------------- arguments
+spec="" workdir="" per_point="" parallel="" nodes="" slurm=0 dry_run=0
+overrides=() sbatch_opts=()
+need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --workdir) need_value "$@"; workdir=$2; shift 2 ;;
+    --workdir=*) workdir=${1#*=}; shift ;;
+    --per-point) need_value "$@"; positive_int "$1" "$2"; per_point=$2; shift 2 ;;
+    --per-point=*) positive_int --per-point "${1#*=}"; per_point=${1#*=}; shift ;;
+    --parallel) need_value "$@"; positive_int "$1" "$2"; parallel=$2; shift 2 ;;
+    --parallel=*) positive_int --parallel "${1#*=}"; parallel=${1#*=}; shift ;;
+    --nodes) need_value "$@"; positive_int "$1" "$2"; nodes=$2; shift 2 ;;
+    --nodes=*) positive_int --nodes "${1#*=}"; nodes=${1#*=}; shift ;;
+    --slurm) slurm=1; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    --config.*) overrides+=("$1"); shift ;;
+    --config | --config=*) die "give the config as CONFIG[:ARG], without --config= (see --help)" ;;
+    -*)
+      if [[ $slurm == 1 && -z $spec ]]; then
+        sbatch_opts+=("$1"); shift  # an sbatch option
+      else
+        die "unknown option '$1' (see --help)"
+      fi
+      ;;
+    *)
+      if [[ -z $spec && ($1 == *.py || $1 == *.py:*) ]]; then
+        spec=$1
+      elif [[ $slurm == 1 && -z $spec && ${#sbatch_opts[@]} -gt 0 ]]; then
+        sbatch_opts+=("$1")  # the value of the sbatch option before it
+      else
+        die "unexpected argument '$1': expected one CONFIG[:ARG] (a .py file) (see --help)"
+      fi
+      shift
+      ;;
+  esac
+done
+[[ -n $spec ]] || die "no CONFIG given (usage: ./$PROG [options] CONFIG[:ARG]; see --help)"
+config_file=${spec%%:*}
+config_arg=""
+[[ $spec == *:* ]] && config_arg=${spec#*:}
+[[ -f $config_file ]] || die "config file '$config_file' does not exist"
+[[ -z $nodes || $slurm == 1 ]] || die "--nodes needs --slurm (multi-host runs go through srun)"
+if [[ -z $workdir ]]; then  # as resjax.sweep.default_workdir
+  workdir=runs/$(basename "$config_file" .py)
+  [[ -n $config_arg ]] && workdir+=_$(printf '%s' "$config_arg" | sed -E 's/[^A-Za-z0-9_.+-]+/_/g')
+fi
+workdir=${workdir%/}
+
+# ---------------------------------------------------------------- the points
+listing=$("$PYTHON" -m resjax.sweep list "$spec" ${overrides[@]+"${overrides[@]}"}) ||
+  die "could not enumerate the points of $spec (the error is above)" 1
+names=() flags=()
+while IFS=$'\t' read -r name point_flags; do
+  [[ -n $name ]] || continue
+  names+=("$name")
+  flags+=("$point_flags")
+done <<<"$listing"
+[[ ${#names[@]} -gt 0 ]] || die "$spec has no points" 1
+n_points=${#names[@]}
+
+# ---------------------------------------------------------------- SLURM
+if [[ $slurm == 1 ]]; then
+  todo=()
+  for i in "${!names[@]}"; do
+    if [[ -f $workdir/${names[$i]}/results.json ]]; then
+      say "${names[$i]}: finished earlier (results.json), not submitted"
+    else
+      todo+=("$i")
+    fi
+  done
+  if [[ ${#todo[@]} -eq 0 ]]; then
+    say "every point of $spec is finished in $workdir; nothing to submit"
+    exit 0
+  fi
+  job=resjax-$(basename "$config_file" .py)${config_arg:+-$(printf '%s' "$config_arg" | sed -E 's/[^A-Za-z0-9_.+-]+/_/g')}
+  script_path=$workdir/slurm/$job-$(date +%Y%m%d-%H%M%S).sbatch
+  abs_workdir=$workdir
+  [[ $workdir == /* ]] || abs_workdir=$PWD/$workdir
+  hosts=${nodes:-1}
+  gpus=${per_point:-}
+  script=$(
+    echo "#!/bin/bash"
+    echo "# Generated by launch.sh $(date -Iseconds): $spec, ${#todo[@]} of $n_points points."
+    echo "#SBATCH --job-name=$job"
+    echo "#SBATCH --array=0-$((${#todo[@]} - 1))"
+    echo "#SBATCH --signal=TERM@120  # 2 min before the end: checkpoint and exit 0"
+    echo "#SBATCH --requeue  # a preempted task is requeued; its rerun resumes"
+    echo "#SBATCH --open-mode=append"
+    echo "#SBATCH --output=$abs_workdir/slurm/%x-%A_%a.out"
+    echo "#SBATCH --nodes=$hosts"
+    if [[ -n $gpus && $hosts -gt 1 ]]; then
+      echo "#SBATCH --ntasks-per-node=$gpus  # one process per GPU (JAX's SLURM default)"
+      echo "#SBATCH --gpus-per-node=$gpus"
+    elif [[ -n $gpus ]]; then
+      echo "#SBATCH --ntasks-per-node=1  # one process sees all of the point's GPUs"
+      echo "#SBATCH --gpus-per-node=$gpus"
+    else
+      echo "#SBATCH --ntasks-per-node=1"
+    fi
+    echo "set -euo pipefail"
+    printf 'cd %q\n' "$PWD"
+    echo "# Task i runs point names[i] with flags[i] (python -m resjax.train flags, shell-quoted)."
+    echo "names=("
+    for i in "${todo[@]}"; do printf '  %q\n' "${names[$i]}"; done
+    echo ")"
+    echo "flags=("
+    for i in "${todo[@]}"; do printf '  %q\n' "${flags[$i]}"; done
+    echo ")"
+    printf 'workdir=%q\n' "$abs_workdir"
+    printf 'python=%q\n' "$("$PYTHON" -c 'import sys; print(sys.executable)')"
+    cat <<'EOF'
+i=${SLURM_ARRAY_TASK_ID:?run this script with sbatch}
+name=${names[$i]}
+dir=$workdir/$name
+mkdir -p "$dir"
+log=$dir/log.txt
+eval "args=(${flags[$i]})"
+echo "=== $(date -Iseconds) SLURM job ${SLURM_JOB_ID:-?} (array ${SLURM_ARRAY_JOB_ID:-?}_$i, restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: $name" >>"$log"
+# SIGTERM (preemption, --signal) reaches the srun step; the batch shell waits for it to save.
+trap 'echo "=== batch shell got SIGTERM; waiting for the point to checkpoint" >>"$log"' TERM
+rc=0
+srun --kill-on-bad-exit=1 "$python" -m resjax.train "${args[@]}" --workdir="$dir" >>"$log" 2>&1 || rc=$?
+if [[ $rc -eq 0 && ! -f $dir/results.json ]]; then
+  echo "=== $name stopped before the end (preempted or out of time): requeued" >>"$log"
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit $rc
+EOF
+  )
+  submit=(sbatch ${sbatch_opts[@]+"${sbatch_opts[@]}"} "$script_path")
+  if [[ $dry_run == 1 ]]; then
+    echo "# $script_path"
+    echo "$script"
+    echo "# submit:"
+    printf '%q ' "${submit[@]}"
+    echo
+    exit 0
+  fi
+  command -v sbatch >/dev/null || die "sbatch not found: is this a SLURM login node? (--dry-run prints the script)" 1
+  mkdir -p "$workdir/slurm"
+  printf '%s\n' "$script" >"$script_path"
+  say "submitting ${#todo[@]} point(s) of $spec: ${submit[*]}"
+  "${submit[@]}"
+  say "logs: $workdir/<point>/log.txt; rerun this command after the job to submit what did not finish"
+  exit 0
+fi
+
+# ---------------------------------------------------------------- slots on this machine
+accel_kind=cpu accels=()
+platforms=${JAX_PLATFORMS:-}
+if [[ -n $platforms && ! $platforms =~ (cuda|gpu|rocm|tpu) ]]; then
+  : # JAX_PLATFORMS asks for CPU only
+elif [[ -v CUDA_VISIBLE_DEVICES ]]; then
+  IFS=',' read -r -a accels <<<"$CUDA_VISIBLE_DEVICES"
+  [[ ${#accels[@]} -eq 1 && ${accels[0]} == -1 ]] && accels=()
+  [[ ${#accels[@]} -gt 0 ]] && accel_kind=gpu
+elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  mapfile -t accels < <(nvidia-smi --query-gpu=index --format=csv,noheader)
+  [[ ${#accels[@]} -gt 0 ]] && accel_kind=gpu
+elif compgen -G '/dev/accel[0-9]*' >/dev/null; then
+  n_chips=$(compgen -G '/dev/accel[0-9]*' | wc -l)
+  mapfile -t accels < <(seq 0 $((n_chips - 1)))
+  accel_kind=tpu
+fi
+slot_env=()  # per slot: "VAR=value VAR=value"
+if [[ $accel_kind == cpu ]]; then
+  if [[ -n $per_point ]]; then
+    die "--per-point $per_point asks for accelerators, but this machine has none that launch.sh can see (GPUs: CUDA_VISIBLE_DEVICES, else nvidia-smi; TPU chips: /dev/accel*; JAX_PLATFORMS=cpu means none); on a CPU-only machine use --parallel N to run N points at once"
+  fi
+  n_slots=${parallel:-1}
+  for ((s = 0; s < n_slots; s++)); do slot_env+=(""); done
+  what="CPU only: $n_slots point(s) at once (--parallel)"
+else
+  per=${per_point:-1}
+  n_acc=${#accels[@]}
+  ((per <= n_acc)) || die "--per-point $per asks for more accelerators than this machine has ($n_acc ${accel_kind^^}s: ${accels[*]})"
+  if [[ $accel_kind == tpu && $per -ne 1 && $per -ne $n_acc ]]; then
+    die "on TPU, --per-point must be 1 or all $n_acc chips (other sub-slices need their own topology settings)"
+  fi
+  n_slots=$((n_acc / per))
+  [[ -n $parallel && $parallel -lt $n_slots ]] && n_slots=$parallel
+  for ((s = 0; s < n_slots; s++)); do
+    ids=$(IFS=,; echo "${accels[*]:s*per:per}")
+    if [[ $accel_kind == gpu ]]; then
+      slot_env+=("CUDA_VISIBLE_DEVICES=$ids")
+    elif [[ $per -eq $n_acc ]]; then
+      slot_env+=("")
+    else
+      slot_env+=("TPU_VISIBLE_CHIPS=$ids TPU_CHIPS_PER_PROCESS_BOUNDS=1,1,1 TPU_PROCESS_BOUNDS=1,1,1 TPU_PROCESS_PORT=$((TPU_BASE_PORT + s))")
+    fi
+  done
+  what="$n_acc ${accel_kind^^}(s) [${accels[*]}], $per per point: $n_slots point(s) at once"
+fi
+((n_slots > n_points)) && n_slots=$n_points
+
+point_cmd() {  # point_cmd INDEX -> sets cmd=(...) for point INDEX
+  eval "cmd=(${flags[$1]})"
+  cmd=("$PYTHON" -m resjax.train "${cmd[@]}" "--workdir=$workdir/${names[$1]}")
+}
+
+if [[ $dry_run == 1 ]]; then
+  echo "# $spec: $n_points point(s) in $workdir; $what"
+  for i in "${!names[@]}"; do
+    point_cmd "$i"
+    env_text=${slot_env[$((i % n_slots))]}
+    if [[ $i -ge $n_slots ]]; then
+      echo "# queued: runs in the first slot that frees up"
+      [[ -n $env_text ]] && env_text="<that slot's ${env_text%%=*}>"
+    fi
+    echo "${env_text:+$env_text }$(printf '%q ' "${cmd[@]}")>>$workdir/${names[$i]}/log.txt 2>&1"
+  done
+  exit 0
+fi
+
+# ---------------------------------------------------------------- run
+mkdir -p "$workdir"
+say "$spec: $n_points point(s) in $workdir; $what"
+declare -A pid_of_slot=() point_of_slot=() start_of_slot=() log_offset_of_slot=()
+status=() elapsed=() error_of=()
+for i in "${!names[@]}"; do status+=(pending); elapsed+=(0); error_of+=(""); done
+stopping=0
+t_start=$SECONDS
+
+stop_all() {  # forward a stop request (Ctrl-C / SIGTERM) to every running point
+  local sig=TERM
+  if [[ $stopping == 1 ]]; then
+    sig=KILL
+    say "second interrupt: killing the running points (their last checkpoints stay)"
+  else
+    say "interrupted: asking the running points to checkpoint and stop (Ctrl-C again kills them)"
+  fi
+  stopping=1
+  for slot in "${!pid_of_slot[@]}"; do
+    kill -s "$sig" "${pid_of_slot[$slot]}" 2>/dev/null || true
+  done
+}
+trap stop_all INT TERM
+
+next=0
+while :; do
+  # Start points in free slots.
+  for ((s = 0; s < n_slots; s++)); do
+    [[ $stopping == 0 && $next -lt $n_points && -z ${pid_of_slot[$s]:-} ]] || continue
+    i=$next
+    next=$((next + 1))
+    dir=$workdir/${names[$i]}
+    mkdir -p "$dir"
+    log=$dir/log.txt
+    point_cmd "$i"
+    env_words=()
+    [[ -n ${slot_env[$s]} ]] && read -r -a env_words <<<"${slot_env[$s]}"
+    echo "=== $(date -Iseconds) launch.sh slot $s ${slot_env[$s]}: $(printf '%q ' "${cmd[@]}")" >>"$log"
+    log_offset_of_slot[$s]=$(wc -c <"$log")
+    # A background child of a non-interactive shell ignores SIGINT: stop_all sends SIGTERM.
+    env ${env_words[@]+"${env_words[@]}"} "${cmd[@]}" >>"$log" 2>&1 </dev/null &
+    pid_of_slot[$s]=$!
+    point_of_slot[$s]=$i
+    start_of_slot[$s]=$SECONDS
+    status[$i]=running
+    say "start    ${names[$i]}  (slot $s${slot_env[$s]:+: ${slot_env[$s]}})  log: $log"
+  done
+  [[ ${#pid_of_slot[@]} -gt 0 ]] || break
+  # Reap finished points.
+  for s in "${!pid_of_slot[@]}"; do
+    pid=${pid_of_slot[$s]}
+    kill -0 "$pid" 2>/dev/null && continue
+    rc=0
+    wait "$pid" || rc=$?
+    i=${point_of_slot[$s]}
+    unset "pid_of_slot[$s]" "point_of_slot[$s]"
+    elapsed[$i]=$((SECONDS - start_of_slot[$s]))
+    took=$(duration "${elapsed[$i]}")
+    dir=$workdir/${names[$i]}
+    if [[ $rc -eq 0 && -f $dir/results.json ]]; then
+      status[$i]=finished
+      if tail -c +$((log_offset_of_slot[$s] + 1)) "$dir/log.txt" | grep -q "already finished at step"; then
+        status[$i]=skipped
+        say "skipped  ${names[$i]}  (finished earlier)"
+      else
+        say "finished ${names[$i]}  in $took"
+      fi
+    elif [[ $rc -eq 0 ]]; then
+      status[$i]=interrupted
+      say "stopped  ${names[$i]}  after $took (checkpointed; rerun to resume)  log: $dir/log.txt"
+    else
+      status[$i]=failed:$rc
+      # The point's last words (absl log lines and launch.sh headers left out).
+      error_of[$i]=$(tail -c +$((log_offset_of_slot[$s] + 1)) "$dir/log.txt" |
+        grep -Ev '^([IWEF][0-9]{4} |===|$)' | tail -n 1 | cut -c 1-160 || true)
+      say "FAILED   ${names[$i]}  (exit $rc) after $took  log: $dir/log.txt"
+    fi
+  done
+  sleep "$POLL_S" || true
+done
+trap - INT TERM
+
+# ---------------------------------------------------------------- summary
+n_ok=0 n_failed=0 n_other=0
+for i in "${!names[@]}"; do
+  case ${status[$i]} in
+    finished | skipped) n_ok=$((n_ok + 1)) ;;
+    failed:*) n_failed=$((n_failed + 1)) ;;
+    *) n_other=$((n_other + 1)) ;;
+  esac
+done
+# sweep_status.json as the sequential runner writes it, then its report (resjax.report).
+rows=()
+for i in "${!names[@]}"; do
+  rows+=("${names[$i]}"$'\t'"${status[$i]}"$'\t'"${elapsed[$i]}"$'\t'"${flags[$i]}")
+done
+status_py=$(cat <<'PY'
+import datetime, json, sys
+from pathlib import Path
+
+workdir, wall, command = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+points = {}
+for line in sys.argv[4:]:
+    name, state, seconds, flags = line.split("\t", 3)
+    entry = {"status": "finished" if state in ("finished", "skipped") else state.split(":")[0],
+             "flags": flags, "log": str(workdir / name / "log.txt")}
+    if state == "finished":
+        entry["wall_time_s"] = float(seconds)
+    if state.startswith("failed"):
+        tail = [l for l in (workdir / name / "log.txt").read_text(errors="replace").splitlines()
+                if l.strip() and not l.startswith(("I", "W", "==="))]
+        entry["error"] = (tail[-1] if tail else f"exit status {state.split(':')[1]}")[:500]
+    points[name] = entry
+now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+status = {"command": command, "launcher": "launch.sh", "finished": now, "wall_time_s": wall,
+          "points": points}
+tmp = workdir / "sweep_status.json.tmp"
+tmp.write_text(json.dumps(status, indent=2) + "\n")
+tmp.replace(workdir / "sweep_status.json")
+try:
+    from resjax import report
+    print(f"[launch] report: {report.write_report(workdir)['markdown']}")
+except Exception as e:  # the report must not hide the sweep's outcome
+    print(f"[launch] the report could not be written: {type(e).__name__}: {e}")
+PY
+)
+"$PYTHON" -c "$status_py" "$workdir" "$((SECONDS - t_start))" "$PROG $spec" "${rows[@]}" || true
+say "done in $(duration $((SECONDS - t_start))): $n_ok of $n_points finished, $n_failed failed, $n_other not run or stopped"
+for i in "${!names[@]}"; do
+  case ${status[$i]} in
+    failed:*)
+      echo "  FAILED      ${names[$i]}  (exit ${status[$i]#failed:})  log: $workdir/${names[$i]}/log.txt"
+      [[ -n ${error_of[$i]} ]] && echo "              ${error_of[$i]}"
+      ;;
+    interrupted) echo "  stopped     ${names[$i]}  (checkpointed; rerun to resume)  log: $workdir/${names[$i]}/log.txt" ;;
+    pending) echo "  not run     ${names[$i]}" ;;
+  esac
+done
+if [[ $stopping == 1 ]]; then
+  exit 130
+elif [[ $n_failed -gt 0 ]]; then
+  exit 1
+fi
+exit 0

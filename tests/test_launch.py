@@ -1,0 +1,333 @@
+"""launch.sh: a sweep's points in parallel on this machine (CPU slots, GPU slots, a queue), a
+failing point that does not stop the others, Ctrl-C and resume, its errors, and the SLURM script.
+
+The CPU tests train real (tiny) points; the GPU-slot and SLURM tests replace `python -m
+resjax.train` by a stand-in (RESJAX_PYTHON) that records what it was given.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch.sh"
+
+# A sweep of tiny runs: ResNet-8 of width 4 on 512 Fashion-MNIST images. Point 'bad' names a
+# model that does not exist: it passes enumeration and fails when training starts.
+SWEEP_CONFIG = '''
+"""A tiny sweep for tests/test_launch.py.
+
+    ./launch.sh tiny_sweep.py --parallel 2 --config.data.dir=DIR
+"""
+from resjax.config import base_config, lock
+
+def get_config(arg=None):
+    c = base_config()
+    c.model.name = "resnet_nonexistent" if arg == "bad" else "resnet8"
+    c.seed = {"a": 0, "b": 1}.get(arg, 0)
+    c.model.overrides.widths = (4, 4, 8)
+    c.model.overrides.stem_width = 4
+    c.data.train_split = "train[:512]"
+    c.data.test_split = "test[:64]"
+    c.data.val_examples = 64
+    c.batch_size = 32
+    c.eval_batch_size = 32
+    c.total_steps = 8
+    c.log_every_steps = 4
+    c.eval_every_steps = 0
+    c.checkpoint_every_steps = 4
+    return lock(c)
+
+def sweep(arg=None):
+    return {None: ["a", "b", "bad"], "good": ["a", "b"]}.get(arg or None)
+'''
+
+
+@pytest.fixture()
+def sweep_file(tmp_path):
+    path = tmp_path / "tiny_sweep.py"
+    path.write_text(SWEEP_CONFIG)
+    return path
+
+
+def launch_env(**changes):
+    env = {**os.environ, "RESJAX_PYTHON": sys.executable, "RESJAX_LAUNCH_POLL_S": "0.1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env.update(changes)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def launch(*args, env=None, timeout=240):
+    return subprocess.run(
+        ["bash", str(LAUNCH), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env or launch_env(),
+        timeout=timeout,
+    )
+
+
+def test_help_and_clear_errors(sweep_file):
+    result = launch("--help")
+    assert result.returncode == 0 and result.stdout.startswith("Usage: ./launch.sh")
+    assert "--per-point" in result.stdout and "--slurm" in result.stdout
+    assert "set -euo pipefail" in LAUNCH.read_text()
+
+    def error(*args, env=None):
+        result = launch(*args, env=env)
+        assert result.returncode != 0 and result.stdout == "", result.stdout
+        return result.stderr.strip()
+
+    assert (
+        error()
+        == "launch.sh: error: no CONFIG given (usage: ./launch.sh [options] CONFIG[:ARG]; see --help)"
+    )
+    assert "config file 'configs/nope.py' does not exist" in error("configs/nope.py")
+    assert "unknown option '--bogus'" in error("--bogus", sweep_file)
+    assert "--parallel needs a positive integer; got '0'" in error("--parallel", "0", sweep_file)
+    no_gpu = launch_env(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS=None)
+    message = error("--per-point", "1", sweep_file, env=no_gpu)
+    assert (
+        "asks for accelerators, but this machine has none" in message and "--parallel N" in message
+    )
+    assert "asks for accelerators" in error("--per-point", "2", sweep_file)  # JAX_PLATFORMS=cpu
+    many = launch_env(CUDA_VISIBLE_DEVICES="0,1", JAX_PLATFORMS=None)
+    assert "more accelerators than this machine has (2 GPUs" in error(
+        "--per-point", "3", sweep_file, env=many
+    )
+    assert 'Did you mean "lr"' in error(sweep_file, "--config.optim.lrr=1")  # resjax.sweep's
+
+
+def test_cpu_sweep_a_failing_point_does_not_stop_the_others(
+    sweep_file, fashion_mnist_dir, tmp_path
+):
+    workdir = tmp_path / "runs"
+    args = (
+        sweep_file,
+        "--parallel",
+        2,
+        "--workdir",
+        workdir,
+        f"--config.data.dir={fashion_mnist_dir}",
+    )
+    result = launch(*args)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    for name in ("a", "b"):
+        assert re.search(rf"finished {name} ", out), out
+        assert json.loads((workdir / name / "results.json").read_text())["steps"] == 8
+    bad_log = workdir / "bad" / "log.txt"
+    assert re.search(rf"FAILED   bad  \(exit 1\) .* log: {re.escape(str(bad_log))}", out), out
+    assert "done in" in out and "2 of 3 finished, 1 failed" in out
+    summary = out[out.index("done in") :]
+    assert f"FAILED      bad  (exit 1)  log: {bad_log}" in summary and " a " not in summary
+    assert "resnet_nonexistent" in bad_log.read_text()  # the point's own error, in its own log
+    # Two slots: the third point starts only after one of the first two ended.
+    events = re.findall(r"(start|finished|FAILED) +(\w+)", out)
+    third = events.index(("start", "bad"))
+    assert [e for e, _ in events[:third]].count("start") == 2 and third >= 3, events
+    status = json.loads((workdir / "sweep_status.json").read_text())["points"]
+    assert {k: v["status"] for k, v in status.items()} == {
+        "a": "finished",
+        "b": "finished",
+        "bad": "failed",
+    }
+    assert "resnet_nonexistent" in status["bad"]["error"]
+    assert (workdir / "report.md").exists()
+
+    # A rerun skips what finished (without training) and retries the failure.
+    again = launch(*args)
+    assert again.returncode == 1
+    assert "skipped  a  (finished earlier)" in again.stdout and "skipped  b" in again.stdout
+    assert "FAILED   bad" in again.stdout
+
+
+def test_ctrl_c_checkpoints_every_point_and_a_rerun_resumes(
+    sweep_file, fashion_mnist_dir, tmp_path
+):
+    workdir = tmp_path / "runs"
+    common = [f"{sweep_file}:good", "--parallel", "2", "--workdir", str(workdir)]
+    data = f"--config.data.dir={fashion_mnist_dir}"
+    long = ["--config.total_steps=100000", "--config.checkpoint_every_steps=100000"]
+    # As a terminal's Ctrl-C: SIGINT to launch.sh and its children (one process group).
+    proc = subprocess.Popen(
+        ["bash", str(LAUNCH), *common, data, *long],
+        cwd=ROOT,
+        env=launch_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    logs = [workdir / name / "log.txt" for name in ("a", "b")]
+    deadline = time.monotonic() + 120
+    while not all(p.exists() and "step 8/" in p.read_text() for p in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "asking the running points to checkpoint" in out
+    for name, log in zip(("a", "b"), logs, strict=True):
+        assert re.search(rf"stopped  {name}  after .*checkpointed; rerun to resume", out), out
+        assert re.search(r"SIG(INT|TERM): saved a checkpoint at step \d+", log.read_text())
+        assert not (workdir / name / "results.json").exists()
+        assert list((workdir / name / "checkpoints").iterdir())
+
+    # The rerun resumes both from their checkpoints (a shorter run: total_steps may change).
+    result = launch(*common, data, "--config.total_steps=16")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, log in zip(("a", "b"), logs, strict=True):
+        assert re.search(rf"finished {name} ", result.stdout)
+        assert "resumed at step" in log.read_text()
+        assert (workdir / name / "results.json").exists()
+
+
+FAKE_TRAIN = """\
+#!/usr/bin/env bash
+# Stand-in for python: `-m resjax.train ... --workdir=DIR` records its GPUs and arguments,
+# sleeps, and finishes (results.json) unless FAKE_PREEMPT is set; anything else is real python.
+if [[ $1 == -m && $2 == resjax.train ]]; then
+  for a in "$@"; do [[ $a == --workdir=* ]] && dir=${a#--workdir=}; done
+  mkdir -p "$dir"
+  echo "start $(date +%s.%N) gpus=${CUDA_VISIBLE_DEVICES-unset} args=${*:3}" >>"$FAKE_RECORD"
+  sleep "${FAKE_SLEEP:-0.5}"
+  [[ -n ${FAKE_PREEMPT:-} ]] || echo '{"steps": 1}' >"$dir/results.json"
+  echo "end $(date +%s.%N) gpus=${CUDA_VISIBLE_DEVICES-unset}" >>"$FAKE_RECORD"
+  exit 0
+fi
+exec PYTHON "$@"
+"""
+
+
+@pytest.fixture()
+def fake_python(tmp_path):
+    path = tmp_path / "fake_python"
+    path.write_text(FAKE_TRAIN.replace("PYTHON", sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+def test_gpu_slots_per_point_and_queue(fake_python, tmp_path):
+    record = tmp_path / "record.txt"
+    env = launch_env(
+        RESJAX_PYTHON=str(fake_python),
+        FAKE_RECORD=str(record),
+        CUDA_VISIBLE_DEVICES="3,5,6,7,9",  # 5 GPUs, 2 per point: 2 slots, the 5th GPU unused
+        JAX_PLATFORMS=None,
+    )
+    workdir = tmp_path / "runs"
+    args = [
+        "configs/depth_sweep.py",
+        "--per-point",
+        "2",
+        "--workdir",
+        workdir,
+        "--config.total_steps=3",
+    ]
+    dry = launch(*args, "--dry-run", env=env)
+    assert (
+        dry.returncode == 0
+        and "5 GPU(s) [3 5 6 7 9], 2 per point: 2 point(s) at once" in dry.stdout
+    )
+    assert not workdir.exists()
+    result = launch(*args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = [line.split() for line in record.read_text().splitlines()]
+    assert sorted(e[2] for e in events if e[0] == "start") == ["gpus=3,5"] * 3 + ["gpus=6,7"] * 3
+    running, peak = set(), 0  # never two points on one GPU pair at a time
+    for kind, _, gpus, *_ in sorted(events, key=lambda e: float(e[1])):
+        if kind == "start":
+            assert gpus not in running
+            running.add(gpus)
+            peak = max(peak, len(running))
+        else:
+            running.discard(gpus)
+    assert peak == 2
+    assert all("--config.total_steps=3" in " ".join(e) for e in events if e[0] == "start")
+    assert result.stdout.count("finished ") == 6 and "6 of 6 finished" in result.stdout
+
+
+def test_slurm_dry_run_script(fake_python, tmp_path):
+    workdir = tmp_path / "runs"
+    result = launch(
+        "--slurm", "--dry-run", "--partition=gpu", "-t", "4:00:00",
+        "--nodes", "2", "--per-point", "4",
+        "configs/depth_sweep.py", "--workdir", workdir, "--config.total_steps=100",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not workdir.exists()  # a dry run writes nothing
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"# {workdir}/slurm/resjax-depth_sweep-")
+    script = "\n".join(lines[1 : lines.index("# submit:")])
+    submit = lines[lines.index("# submit:") + 1]
+    assert re.fullmatch(rf"sbatch --partition=gpu -t 4:00:00 {workdir}/slurm/\S+\.sbatch ?", submit)
+    for directive in (
+        "--array=0-5", "--signal=TERM@120", "--requeue", "--nodes=2",
+        "--ntasks-per-node=4", "--gpus-per-node=4", f"--output={workdir}/slurm/",
+    ):  # fmt: skip
+        assert f"#SBATCH {directive}" in script, directive
+    assert 'srun --kill-on-bad-exit=1 "$python" -m resjax.train "${args[@]}"' in script
+    assert "scontrol requeue" in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+    # Run the script as SLURM would for array task 2, with srun and scontrol stand-ins: it
+    # trains point 2 with its flags; a point that stopped early (preempted) requeues itself.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\n[[ $1 == --* ]] && shift\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "$*" >>{tmp_path}/scontrol\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    script = re.sub(r"(?m)^python=.*$", f"python={fake_python}", script)
+    record = tmp_path / "record.txt"
+    env = launch_env(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SLURM_ARRAY_TASK_ID="2",
+        SLURM_JOB_ID="1234",
+        FAKE_RECORD=str(record),
+        FAKE_PREEMPT="1",
+    )
+    run = subprocess.run(
+        ["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    started = record.read_text().splitlines()[0]
+    assert (
+        "--config=configs/depth_sweep.py:depth=56,plain=1,seed=0 --config.total_steps=100"
+        in started
+    )
+    assert f"--workdir={workdir}/plain_d56_s0" in started
+    assert (tmp_path / "scontrol").read_text().strip() == "requeue 1234"
+    assert "requeued" in (workdir / "plain_d56_s0" / "log.txt").read_text()
+
+
+def test_slurm_single_host_leaves_out_finished_points(tmp_path):
+    workdir = tmp_path / "runs"
+    (workdir / "plain_d8_s0").mkdir(parents=True)
+    (workdir / "plain_d8_s0" / "results.json").write_text("{}")
+    result = launch(
+        "--slurm", "--dry-run", "--per-point", "2", "configs/depth_sweep.py", "--workdir", workdir
+    )
+    assert result.returncode == 0, result.stderr
+    assert "plain_d8_s0: finished earlier (results.json), not submitted" in result.stdout
+    assert "#SBATCH --array=0-4" in result.stdout
+    assert "#SBATCH --ntasks-per-node=1" in result.stdout  # one process, all of its GPUs
+    assert "#SBATCH --gpus-per-node=2" in result.stdout
+    names = textwrap.dedent(result.stdout.split("names=(\n")[1].split(")")[0]).split()
+    assert names == [
+        "plain_d20_s0",
+        "plain_d56_s0",
+        "resnet_d8_s0",
+        "resnet_d20_s0",
+        "resnet_d56_s0",
+    ]
