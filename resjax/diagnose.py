@@ -5,8 +5,8 @@ At initialisation (no training), plain vs residual at several depths, on one rea
     python -m resjax.diagnose --config=configs/fashion_mnist_resnet.py --depths=8,20,56,110 --out=DIR
 
 writes DIR/init_signal.png, .json and .csv: per block, the std of its output, the per-example
-gradient norm at its input, its parameters' gradient norm and ‖F(x)‖/‖x‖ (about 40 s on 2 CPU
-cores for depths up to 110). Lesion study (Veit et al. 2016) of trained runs::
+gradient norm at its input, its parameters' gradient norm and ‖F(x)‖/‖x‖ (depths 8,20,56,110:
+~90 s on the shared 2-core CPU, mostly compilation). Lesion study (Veit et al. 2016) of trained runs::
 
     python -m resjax.diagnose --lesion --workdir=runs/r56,runs/p56 --out=DIR
 
@@ -64,12 +64,13 @@ def init_diagnostics(
     depths: Sequence[int],
     *,
     batch_size: int | None = None,
-    scan: bool = True,
 ) -> dict[str, Any]:
     """`signal_profile` of the configured network at each depth, plain and residual, at init.
 
     One real training batch (`batch_size`, default `config.batch_size`); parameters from
-    `config.seed`. `scan` builds the networks scanned (same distributions, flat compile time).
+    `config.seed`, the same for the plain and the residual net of a depth (their layers are
+    the same). Parameters are initialised scanned (compile time flat in depth) and profiled
+    unrolled (XLA:CPU runs a scanned stage ~20x slower here).
     Returns {'dataset', 'batch_size', 'runs': [{'label', 'depth', 'residual', 'blocks', and
     the profile's columns as lists}]}.
     """
@@ -77,13 +78,15 @@ def init_diagnostics(
         config.data, train_split=config.data.train_split, test_split=config.data.test_split
     )
     batch = _first_batch(splits, batch_size or config.batch_size)
-    base = _base_model(config, splits.num_classes).clone(scan=scan, remat=False)
+    base = _base_model(config, splits.num_classes).clone(scan=False, remat=False)
     key = jax.random.PRNGKey(config.seed)
     runs = []
     for depth in depths:
+        scanned = diagnostics.at_depth(base.clone(scan=True), depth, residual=True)
+        init = jax.jit(lambda x, m=scanned: m.init(key, x, train=False))
+        variables = diagnostics.unscan_variables(scanned, init(batch["image"][:1]))
         for residual in (False, True):
             model = diagnostics.at_depth(base, depth, residual)
-            variables = jax.jit(lambda x, m=model: m.init(key, x, train=False))(batch["image"])
             profile = jax.jit(lambda v, b, m=model: diagnostics.signal_profile(m, v, b))(
                 variables, batch
             )

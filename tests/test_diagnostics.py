@@ -153,14 +153,14 @@ def test_lesion_study_on_a_scanned_net():
     model = models.get_model("resnet14", scan=True, **SMALL)
     batches = [dict(_batch(seed=s), mask=jnp.ones(8)) for s in range(2)]
     v = _init(model, batches[0])
-    r = diagnostics.lesion_study(model, v, lambda: iter(batches), ks=(1, 6), trials=2)
+    r = diagnostics.lesion_study(model, v, lambda: iter(batches), ks=(6,), trials=2)
     assert r["blocks"] == model.block_names()
     assert [row["block"] for row in r["single"]] == r["blocks"]
-    assert [row["k"] for row in r["random"]] == [1, 6]
+    assert [row["k"] for row in r["random"]] == [6]
     assert len(r["random"][0]["errors"]) == 2
     assert all(0 <= row["error"] <= 1 for row in r["single"])
     # Removing all six blocks, in any order, is one network.
-    assert r["random"][1]["errors"][0] == r["random"][1]["errors"][1]
+    assert r["random"][0]["errors"][0] == r["random"][0]["errors"][1]
     with pytest.raises(ValueError, match="k must be in 1..6"):
         diagnostics.lesion_study(model, v, lambda: iter(batches), ks=(7,))
 
@@ -194,14 +194,9 @@ def test_lesion_cli_and_report_functions_on_a_trained_run(fashion_mnist_dir, tmp
 
 def test_init_diagnostics_writes_the_figure_and_numbers(fashion_mnist_dir, tmp_path):
     config = tiny_config(fashion_mnist_dir)
-    results = diagnose.init_diagnostics(config, depths=(8, 14), batch_size=16)
-    assert [(r["depth"], r["residual"]) for r in results["runs"]] == [
-        (8, False),
-        (8, True),
-        (14, False),
-        (14, True),
-    ]
+    results = diagnose.init_diagnostics(config, depths=(8,), batch_size=16)
+    assert [(r["depth"], r["residual"]) for r in results["runs"]] == [(8, False), (8, True)]
     diagnose.write_init(results, tmp_path)
     for name in ("init_signal.png", "init_signal.json", "init_signal.csv"):
         assert (tmp_path / name).stat().st_size > 0
-    assert len((tmp_path / "init_signal.csv").read_text().splitlines()) == 1 + 2 * 3 + 2 * 6
+    assert len((tmp_path / "init_signal.csv").read_text().splitlines()) == 1 + 2 * 3
