@@ -118,6 +118,7 @@ def _fast_fmnist(c) -> None:
     c.optim.lr = 0.05  # measured: lets plain-56 train at all and resnet-56 overtake resnet-8
     c.optim.decay_steps = (600, 900)  # ÷10 at 50% and 75%, as He et al.'s 32k/48k of 64k
     c.log_every_steps = 100  # the final training error is the mean over the last 100 steps
+    c.diagnostics_every_steps = 1200  # per-block gradient flow at the end, for the report
     c.eval_every_steps = 0  # evaluate once, at the end
     c.checkpoint_every_steps = 300
     c.eval_batch_size = 500

@@ -415,7 +415,42 @@ def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Pat
     )
     plot_train_error_vs_step(points, paths["train_error_vs_step"])
     plot_error_vs_depth(summary, paths["error_vs_depth"])
+    diagnosed = [workdir / p.point for p in points if _has_diagnostics(workdir / p.point)]
+    if diagnosed:
+        paths["diagnostics"] = workdir / "diagnostics_vs_depth.png"
+        section = diagnostics_section(diagnosed, paths["diagnostics"])
+        with paths["markdown"].open("a") as f:
+            f.write(section)
     return paths
+
+
+def _has_diagnostics(point_dir: Path) -> bool:
+    path = point_dir / "metrics.jsonl"
+    return path.exists() and '"diag/' in path.read_text()
+
+
+def diagnostics_section(point_dirs: list[Path], plot_path: Path) -> str:
+    """Markdown: per-block gradient norm and ‖F(x)‖/‖x‖ at the end of training, plain vs
+    residual, from the runs' logged diagnostics (resjax.diagnose); draws `plot_path`."""
+    from resjax import diagnose  # imports JAX: only when some point logged diagnostics
+
+    rows = sorted(diagnose.diagnostics_rows(point_dirs), key=lambda r: (r["residual"], r["depth"]))
+    diagnose.plot_depth_diagnostics(point_dirs, plot_path)
+    lines = [
+        "",
+        "## Gradient flow at the end of training",
+        "",
+        "| net | step | ‖∂L/∂θ‖ first block | middle | last | first/last | mean ‖F(x)‖/‖x‖ | max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['net']} | {r['step']} | {r['grad_norm_first']:.3g} | {r['grad_norm_middle']:.3g}"
+            f" | {r['grad_norm_last']:.3g} | {r['grad_norm_first_over_last']:.2f}"
+            f" | {r['branch_ratio_mean']:.2f} | {r['branch_ratio_max']:.2f} |"
+        )
+    lines += ["", f"![per-block diagnostics]({plot_path.name})", ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -449,14 +449,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 )
                 metrics = trainer.empty_metrics()
                 window_start, window_step = time.perf_counter(), done
+            if config.diagnostics_every_steps and done % config.diagnostics_every_steps == 0:
+                writer.write(done, trainer.diagnostics(model, state, batch))
             if done == total_steps:
                 break  # the final evaluation and checkpoint follow the loop
             if config.eval_every_steps and done % config.eval_every_steps == 0:
                 history.update(_evaluate_splits(trainer, state, splits, config, writer, done))
                 progress.message(_eval_line(done, history))
                 window_start = time.perf_counter()
-            if config.diagnostics_every_steps and done % config.diagnostics_every_steps == 0:
-                writer.write(done, trainer.diagnostics(model, state, batch))
             if config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
                 save(state)
             if watch.requested(done):

@@ -118,3 +118,18 @@ def test_cli_and_import_without_jax(sweep_dir):
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert empty.returncode == 1 and "holds no sweep points" in empty.stderr
+
+
+def test_report_gains_a_diagnostics_section_from_logged_rows(fashion_mnist_dir, tmp_path):
+    from resjax import train
+    from test_train import tiny_config
+
+    for name, residual in (("plain_d8_s0", False), ("resnet_d8_s0", True)):
+        config = tiny_config(fashion_mnist_dir, diagnostics_every_steps=4, eval_every_steps=0)
+        config.model.overrides.residual = residual
+        train.train_and_evaluate(config, tmp_path / name)
+    paths = report.write_report(tmp_path)
+    text = paths["markdown"].read_text()
+    assert "## Gradient flow at the end of training" in text
+    assert "| plain-8 | 4 |" in text and "| ResNet-8 | 4 |" in text
+    assert paths["diagnostics"].stat().st_size > 10_000
