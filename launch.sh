@@ -42,7 +42,8 @@ Options:
   --parallel N    points at once on a CPU-only machine (default 1); with accelerators, at
                   most N at once
   --slurm         submit to SLURM instead of running here
-  --nodes N       (--slurm) hosts per point (default 1)
+  --nodes N       (--slurm) hosts per point (default 1); with GPUs give --per-point too:
+                  JAX under srun gives each process one GPU (SLURM_LOCALID)
   --dry-run       print the commands (and the sbatch script) without running anything
   -h, --help      this text
 
