@@ -137,7 +137,8 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint(fashion_mnist_dir, tm
     (fake / "state").mkdir(parents=True)
     (fake / "state" / "junk").write_bytes(b"half written")
 
-    result = run(train_cmd(tmp_path, fashion_mnist_dir, "--config.total_steps=410", steps=410))
+    steps = max(complete) + 6  # a short continuation: more steps are a safe change on resume
+    result = run(train_cmd(tmp_path, fashion_mnist_dir, steps=steps, every=2))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed at step {max(complete)}" in result.stdout
     assert not any("tmp" in p.name for p in folder.iterdir())  # cleaned up on resume
