@@ -43,6 +43,7 @@ SAFE_ON_RESUME = (
     "data.dir",
     "data.manual_dir",
     "data.prefetch_batches",
+    "compilation_cache_dir",
 )
 
 

@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2  # latest N, plus the best by validation error
     c.diagnostics_every_steps = 0  # 0 = off
+    # Persistent XLA compilation cache: a rerun (or another sweep point of the same shape)
+    # loads compiled steps instead of compiling again. None = off.
+    c.compilation_cache_dir = config_dict.placeholder(str)
     c.eval_batch_size = 1000
     return c
 

@@ -336,6 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     workdir = Path(workdir)
     check_workdir(workdir)
+    if config.get("compilation_cache_dir"):
+        jax.config.update("jax_compilation_cache_dir", str(config.compilation_cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     splits = data.load_splits(
         config.data, train_split=config.data.train_split, test_split=config.data.test_split
     )

@@ -121,8 +121,9 @@ def test_cli_and_import_without_jax(sweep_dir):
 
 
 def test_report_gains_a_diagnostics_section_from_logged_rows(fashion_mnist_dir, tmp_path):
-    from resjax import train
     from test_train import tiny_config
+
+    from resjax import train
 
     for name, residual in (("plain_d8_s0", False), ("resnet_d8_s0", True)):
         config = tiny_config(fashion_mnist_dir, diagnostics_every_steps=4, eval_every_steps=0)

@@ -226,3 +226,15 @@ def test_diagnostics_are_logged_every_n_steps(fashion_mnist_dir, tmp_path):
     diag = [r for r in rows if "diag/stage1_block1/grad_norm" in r]
     assert [r["step"] for r in diag] == [2, 4]
     assert all(np.isfinite(v) for k, v in diag[0].items() if k.startswith("diag/"))
+
+
+def test_persistent_compilation_cache_is_written(fashion_mnist_dir, tmp_path):
+    cache = tmp_path / "xla_cache"
+    config = tiny_config(
+        fashion_mnist_dir, compilation_cache_dir=str(cache), total_steps=2, eval_every_steps=0
+    )
+    try:
+        train.train_and_evaluate(config, tmp_path / "run")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+    assert any(cache.iterdir())

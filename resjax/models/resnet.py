@@ -107,7 +107,7 @@ class ResNet(nn.Module):
             raise ValueError(f"every stage needs at least one block; got {tuple(self.stage_sizes)}")
         if self.shortcut == "A":
             channels = (self.stem_width, *self.widths)
-            if any(b < a for a, b in zip(channels, channels[1:])):
+            if any(b < a for a, b in zip(channels, channels[1:], strict=False)):
                 raise ValueError(
                     "shortcut 'A' zero-pads channels, so they may only grow: stem_width "
                     f"{self.stem_width} then widths {tuple(self.widths)}; use 'B', 'C' or 'conv'"
