@@ -477,10 +477,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         train_iter.close()
         progress.close()
 
-    final = _evaluate_splits(trainer, state, splits, config, writer, total_steps)
+    # Usually total_steps; more when a run checkpointed past a total_steps lowered on resume.
+    final_step = int(jax.device_get(trainer.host_state(state).step))
+    final = _evaluate_splits(trainer, state, splits, config, writer, final_step)
     history.update(final)
-    progress.message(_eval_line(total_steps, history))
-    if ckpt.latest_step() != total_steps:
+    progress.message(_eval_line(final_step, history))
+    if ckpt.latest_step() != final_step:
         save(state, wait=True)
     ckpt.wait()
     ckpt.close()
@@ -494,8 +496,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "depth": model.depth,
         "params": num_params,
         "dataset": splits.name,
-        "steps": total_steps,
-        "epochs": total_steps / steps_per_epoch,
+        "steps": final_step,
+        "epochs": final_step / steps_per_epoch,
         "seed": config.seed,
         "wall_time_s": wall,
         **{k: v for k, v in history.items() if k not in ("learning_rate", "epoch")},
