@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from resjax import optim, train
 from resjax.config import base_config
+from resjax.models.registry import IMAGENET_STAGES
 
 # Dense bf16 peak FLOP/s by device kind (NVIDIA datasheets; sparsity excluded).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -81,14 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         splits = data.load_splits(config.data)
         shape, num_classes = splits.image_shape, splits.num_classes
     else:
-        imagenet = args.model in (
-            "resnet18",
-            "resnet34",
-            "resnet50",
-            "resnet101",
-            "resnet152",
-            "resnet200",
-        )
+        imagenet = args.model in {f"resnet{d}" for d in IMAGENET_STAGES}
         shape = (224, 224, 3) if imagenet else (32, 32, 3)
         num_classes = 1000 if imagenet else 10
     model = train.build_model(config, num_classes)

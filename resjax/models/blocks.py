@@ -19,7 +19,6 @@ Inputs and outputs are NHWC. Parameters are float32; ``dtype`` sets the computat
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -209,8 +208,3 @@ class BottleneckBlock(_Block):
 
 
 BLOCKS = {"basic": ResidualBlock, "bottleneck": BottleneckBlock}
-
-
-def block_fields() -> tuple[str, ...]:
-    """Names of the fields every block takes (for building blocks from a network's fields)."""
-    return tuple(f.name for f in dataclasses.fields(_Block) if f.name not in ("parent", "name"))
