@@ -25,6 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from resjax.models.batchnorm import BatchNorm
+from resjax.models.materialize import barriers_enabled, with_barriers
+
 ORDERINGS = ("post", "pre", "relu_bn_conv")
 SHORTCUTS = ("A", "B", "C", "conv")
 
@@ -64,6 +67,7 @@ class _Block(nn.Module):
     bn_epsilon: float = 1e-5
     axis_name: str | None = None  # None: runs under plain jax.jit (BN over the global batch)
     perturb_input: bool = False  # adds a zero 'perturbations' variable: grads w.r.t. the input
+    conv_barriers: bool | None = None  # see models/materialize.py; None: on for the CPU backend
 
     expansion = 1
 
@@ -78,7 +82,7 @@ class _Block(nn.Module):
 
     def _conv(self, features: int, kernel: int, strides: int, name: str, bias: bool = False):
         pad = kernel // 2  # symmetric, as PyTorch: SAME would pad 0/1 at stride 2
-        return nn.Conv(
+        conv = nn.Conv(
             features,
             (kernel, kernel),
             strides=(strides, strides),
@@ -88,9 +92,10 @@ class _Block(nn.Module):
             kernel_init=conv_init,
             name=name,
         )
+        return with_barriers(conv, barriers_enabled(self.conv_barriers))
 
     def _bn(self, train: bool, name: str, zero_scale: bool = False):
-        return nn.BatchNorm(
+        return BatchNorm(
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from resjax.models.batchnorm import BatchNorm
 from resjax.models.blocks import BLOCKS, ORDERINGS, SHORTCUTS, check_choice, conv_init
+from resjax.models.materialize import barriers_enabled, with_barriers
 
 STEMS = ("cifar", "imagenet")
 BLOCK_KINDS = tuple(BLOCKS)
@@ -66,6 +68,10 @@ class ResNet(nn.Module):
         zero-padded where the shape changes, as shortcut 'A').
       perturb_inputs: give every block a zero 'perturbations' variable on its input, so that
         grads w.r.t. it are grads w.r.t. the block's input activation (diagnostics).
+      conv_barriers: compute each conv's input and output gradient once, into one buffer
+        (resjax.models.materialize): 1.5x faster training on XLA:CPU, where fusion otherwise
+        recomputes BN/ReLU/adds inside the weight-gradient transposes. None (default): on
+        exactly when JAX's default backend is the CPU. Results are identical either way.
     """
 
     stage_sizes: Sequence[int]
@@ -87,6 +93,7 @@ class ResNet(nn.Module):
     remat: bool = False
     lesion: tuple[str, ...] = ()
     perturb_inputs: bool = False
+    conv_barriers: bool | None = None
 
     def __post_init__(self):
         check_choice("block kind", self.block, BLOCK_KINDS)
@@ -150,10 +157,11 @@ class ResNet(nn.Module):
             bn_epsilon=self.bn_epsilon,
             axis_name=self.axis_name,
             perturb_input=self.perturb_inputs,
+            conv_barriers=self.conv_barriers,
         )
 
-    def _norm(self, train: bool, name: str) -> nn.BatchNorm:
-        return nn.BatchNorm(
+    def _norm(self, train: bool, name: str) -> BatchNorm:
+        return BatchNorm(
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -168,7 +176,7 @@ class ResNet(nn.Module):
         dtype = jnp.dtype(self.dtype)
         x = x.astype(dtype)
         k, s = (7, 2) if self.stem == "imagenet" else (3, 1)
-        x = nn.Conv(
+        stem_conv = nn.Conv(
             self.stem_width,
             (k, k),
             strides=(s, s),
@@ -177,7 +185,8 @@ class ResNet(nn.Module):
             dtype=dtype,
             kernel_init=conv_init,
             name="stem_conv",
-        )(x)
+        )
+        x = with_barriers(stem_conv, barriers_enabled(self.conv_barriers))(x)
         # Post-activation normalises the stem itself; pre-activation blocks do it on entry,
         # except after an ImageNet stem, whose max-pool wants activated input (He et al. 2016).
         if self.ordering == "post" or self.stem == "imagenet":
