@@ -1,7 +1,8 @@
 """PyTorch vs JAX CIFAR ResNet train steps in one process, timed in alternating windows.
 
-    python benchmarks/side_by_side.py                       # ResNet-20, batch 128
-    XLA_FLAGS=... python benchmarks/side_by_side.py --bn=onepass --json
+    python benchmarks/side_by_side.py                       # resjax's step, ResNet-20, batch 128
+    python benchmarks/side_by_side.py --depth=56 --batch_size=64 --json
+    XLA_FLAGS=... python benchmarks/side_by_side.py --jax=copy --bn=onepass   # the plain copy
 
 Both frameworks use all cores in turn; windows alternate (torch, jax, jax, torch, ...) with a
 short pause between them, so drifting load from other processes hits both alike. Each window also
@@ -41,7 +42,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--bn", default="flax", choices=jax_resnet.BN_KINDS)
+    p.add_argument(
+        "--jax",
+        default="resjax",
+        choices=("resjax", "copy"),
+        help="resjax: resjax's own train step and defaults; copy: jax_resnet.py's plain Flax "
+        "network (with --bn)",
+    )
+    p.add_argument("--bn", default="flax", choices=jax_resnet.BN_KINDS, help="with --jax=copy")
     p.add_argument("--nchw", action="store_true", help="torch in NCHW instead of channels_last")
     p.add_argument("--warmup_steps", type=int, default=5)
     p.add_argument("--window_steps", type=int, default=8)
@@ -57,7 +65,14 @@ def main() -> None:
     args = p.parse_args()
 
     t_step, t_params = torch_resnet.make_train_step(args.depth, args.batch_size, not args.nchw)
-    j_run, j_params, compile_s = jax_resnet.make_train_step(args.depth, args.batch_size, args.bn)
+    if args.jax == "resjax":
+        import resjax  # noqa: F401  (before any JAX computation: applies resjax's XLA defaults)
+
+        j_run, j_params, compile_s = jax_resnet.make_resjax_step(args.depth, args.batch_size)
+    else:
+        j_run, j_params, compile_s = jax_resnet.make_train_step(
+            args.depth, args.batch_size, args.bn
+        )
     assert t_params == j_params, (t_params, j_params)
     for _ in range(args.warmup_steps):
         t_step()
@@ -88,7 +103,8 @@ def main() -> None:
         "params": j_params,
         "batch_size": args.batch_size,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "bn": args.bn,
+        "jax_step": args.jax,
+        "bn": args.bn if args.jax == "copy" else "resjax",
         "torch_layout": "nchw" if args.nchw else "channels_last",
         "jax_img_per_s": round(statistics.median(j_rates[i] for i in use), 1),
         "torch_img_per_s": round(statistics.median(t_rates[i] for i in use), 1),
@@ -107,7 +123,7 @@ def main() -> None:
         print(json.dumps(result))
     else:
         print(
-            f"ResNet-{args.depth} batch {args.batch_size} bn={args.bn} "
+            f"ResNet-{args.depth} batch {args.batch_size} jax={args.jax} bn={result['bn']} "
             f"XLA_FLAGS='{result['xla_flags']}': jax {result['jax_img_per_s']} img/s, "
             f"torch ({result['torch_layout']}) {result['torch_img_per_s']} img/s, "
             f"ratio {result['ratio']} ({result['rounds_used']} rounds: {result['ratios']}; "

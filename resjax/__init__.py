@@ -5,3 +5,8 @@ project can use a block without pulling in the trainer, TFDS or Orbax.
 """
 
 __version__ = "0.1.0"
+
+# Before any backend starts: XLA reads XLA_FLAGS once (resjax/xla_flags.py says which and why).
+from resjax import xla_flags as _xla_flags  # noqa: E402
+
+_xla_flags.apply_defaults()

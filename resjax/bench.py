@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -25,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resjax import optim, train
+from resjax import optim, train, xla_flags
 from resjax.config import base_config
 from resjax.models.registry import IMAGENET_STAGES
 
@@ -44,6 +45,7 @@ def bench_config(args: argparse.Namespace):
     c.model.name = args.model
     c.model.overrides.scan = args.scan or None
     c.model.overrides.remat = args.remat or None
+    c.model.overrides.conv_barriers = {"auto": None, "on": True, "off": False}[args.conv_barriers]
     c.dtype = args.dtype
     c.batch_size = args.batch
     c.parallelism = args.parallelism
@@ -143,6 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step_ms": step_s * 1e3,
         "window_images_per_s": [args.batch * args.steps / t for t in times],
         "flops_per_step": flops,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "resjax_xla_defaults": xla_flags.status(),
+        "conv_barriers": config.model.overrides.conv_barriers,
     }
     peak = peak_flops(devices[0])
     if peak and np.isfinite(flops):
@@ -192,6 +197,10 @@ def _print(result: dict[str, Any]) -> None:
             f", device peak {result['device_peak_gb']:.2f} GB" if "device_peak_gb" in result else ""
         ),
     ]
+    lines.append(
+        f"  XLA     XLA_FLAGS={result['xla_flags'] or '(none)'}; resjax defaults: "
+        f"{result['resjax_xla_defaults']}"
+    )
     if "real_images_per_s" in result:
         lines.append(
             f"  real data ({result['dataset']}) {result['real_images_per_s']:,.0f} images/s = "
@@ -214,6 +223,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     p.add_argument("--scan", action="store_true", help="nn.scan over identical blocks")
     p.add_argument("--remat", action="store_true", help="recompute activations (nn.remat)")
+    p.add_argument(
+        "--conv-barriers",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="models/materialize.py; auto: on for the CPU backend",
+    )
     p.add_argument("--real-data", action="store_true", help="also time the real input pipeline")
     p.add_argument("--dataset", default="fashion_mnist", help="with --real-data")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
