@@ -62,6 +62,28 @@ def _memory() -> dict[str, float]:
     return out
 
 
+def _step_memory(compiled) -> dict[str, float]:
+    """XLA's buffer assignment for the compiled step: what one step needs on the device.
+
+    arguments (the state and batch) + outputs + temporaries (activations kept for the backward
+    pass, gradients, workspace), less what donation lets outputs reuse.
+    """
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001  (not every backend implements it)
+        return {}
+    if m is None:
+        return {}
+    gb = 2**30
+    total = (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+    return {"step_temp_gb": m.temp_size_in_bytes / gb, "step_total_gb": total / gb}
+
+
 def _timed_windows(run_window, windows: int) -> list[float]:
     """Seconds of each window; `run_window` dispatches its steps and returns the last output."""
     times = []
@@ -114,9 +136,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+        step_memory = _step_memory(compiled)
     else:
-        compile_s, flops = float("nan"), float("nan")
+        compile_s, flops, step_memory = float("nan"), float("nan"), {}
         batch = jax.device_get(batch)
+    if args.compile_only:
+        return {
+            "model": args.model,
+            "batch": args.batch,
+            "dtype": args.dtype,
+            "devices": len(devices),
+            "device_kind": devices[0].device_kind,
+            "scan": args.scan,
+            "remat": args.remat,
+            "init_s": init_s,
+            "compile_s": compile_s,
+            "flops_per_step": flops,
+            **step_memory,
+            **_memory(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "resjax_xla_defaults": xla_flags.status(),
+        }
     state = trainer.device_state(state)
     for _ in range(args.warmup):
         state, metrics = trainer.step(state, batch, metrics)
@@ -145,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step_ms": step_s * 1e3,
         "window_images_per_s": [args.batch * args.steps / t for t in times],
         "flops_per_step": flops,
+        **step_memory,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "resjax_xla_defaults": xla_flags.status(),
         "conv_barriers": config.model.overrides.conv_barriers,
@@ -183,24 +224,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _print(result: dict[str, Any]) -> None:
     lines = [
         f"{result['model']} batch {result['batch']} {result['dtype']} on {result['devices']} × "
-        f"{result['device_kind']} ({result['parallelism']}"
+        f"{result['device_kind']} ({result.get('parallelism', 'jit')}"
         + (", scan" if result["scan"] else "")
         + (", remat" if result["remat"] else "")
         + ")",
         f"  compile {result['compile_s']:.1f} s (init {result['init_s']:.1f} s)",
-        f"  train   {result['images_per_s']:,.0f} images/s ({result['step_ms']:.1f} ms/step, "
-        f"median of {len(result['window_images_per_s'])} windows)",
-        f"  FLOPs   {result['flops_per_step'] / 1e9:,.1f} GFLOP/step"
-        + (f", MFU {100 * result['mfu']:.1f}%" if "mfu" in result else ""),
-        f"  memory  host peak RSS {result['host_peak_rss_gb']:.2f} GB"
-        + (
-            f", device peak {result['device_peak_gb']:.2f} GB" if "device_peak_gb" in result else ""
-        ),
     ]
+    if "images_per_s" in result:
+        lines.append(
+            f"  train   {result['images_per_s']:,.0f} images/s ({result['step_ms']:.1f} ms/step, "
+            f"median of {len(result['window_images_per_s'])} windows)"
+        )
     lines.append(
-        f"  XLA     XLA_FLAGS={result['xla_flags'] or '(none)'}; resjax defaults: "
-        f"{result['resjax_xla_defaults']}"
+        f"  FLOPs   {result['flops_per_step'] / 1e9:,.1f} GFLOP/step"
+        + (f", MFU {100 * result['mfu']:.1f}%" if "mfu" in result else "")
     )
+    memory = f"  memory  host peak RSS {result['host_peak_rss_gb']:.2f} GB"
+    if "step_total_gb" in result:
+        memory += (
+            f", step needs {result['step_total_gb']:.2f} GB "
+            f"({result['step_temp_gb']:.2f} GB temporaries)"
+        )
+    if "device_peak_gb" in result:
+        memory += f", device peak {result['device_peak_gb']:.2f} GB"
+    lines.append(memory)
+    if "xla_flags" in result:
+        lines.append(
+            f"  XLA     XLA_FLAGS={result['xla_flags'] or '(none)'}; resjax defaults: "
+            f"{result['resjax_xla_defaults']}"
+        )
     if "real_images_per_s" in result:
         lines.append(
             f"  real data ({result['dataset']}) {result['real_images_per_s']:,.0f} images/s = "
@@ -228,6 +280,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         choices=("auto", "on", "off"),
         help="models/materialize.py; auto: on for the CPU backend",
+    )
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="report compile time and the step's memory, then stop (no timed steps)",
     )
     p.add_argument("--real-data", action="store_true", help="also time the real input pipeline")
     p.add_argument("--dataset", default="fashion_mnist", help="with --real-data")

@@ -1,0 +1,127 @@
+"""Every CPU speed number the README quotes, in one run: the tables of issue 9.
+
+    python benchmarks/cpu_report.py --out=experiments/2026-11-28_cpu_speed
+    python benchmarks/cpu_report.py --out=/tmp/speed --only=side_by_side --rounds=4
+
+Runs each measurement in its own process (XLA reads its flags once per process), appends each
+result to OUT/results.jsonl as it lands, and writes OUT/tables.md:
+
+* resjax vs PyTorch 2.13 channels-last, per network and batch (benchmarks/side_by_side.py);
+* compile time and the step's memory, unrolled vs scanned, with and without remat
+  (`python -m resjax.bench --compile-only`);
+* real input pipeline vs synthetic data (`python -m resjax.bench --real-data`).
+
+Needs torch (`pip install torch==2.13.0`) and a quiet machine: check `uptime` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SIDE_BY_SIDE = [(20, 128), (20, 32), (56, 128), (110, 128)]  # (depth, batch)
+COMPILE = [  # (model, flags)
+    *((f"resnet{d}", ()) for d in (20, 56, 110)),
+    *((f"resnet{d}", ("--scan",)) for d in (20, 56, 110, 1202)),
+    ("resnet1202", ("--scan", "--remat")),
+    ("resnet110", ("--remat",)),
+    ("resnet1202", ()),  # unrolled: minutes to compile; bounded by --compile_timeout_s
+]
+
+
+def _json_run(cmd: list[str], timeout_s: float) -> dict:
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"timeout_s": timeout_s}
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:], "returncode": proc.returncode}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def measurements(args: argparse.Namespace):
+    """(kind, label, command, timeout) of every measurement selected by --only."""
+    py = sys.executable
+    if args.only in ("all", "side_by_side"):
+        for depth, batch in SIDE_BY_SIDE:
+            cmd = [py, str(HERE / "side_by_side.py"), f"--depth={depth}", f"--batch_size={batch}"]
+            cmd += [f"--rounds={args.rounds}", "--json"]
+            yield "side_by_side", f"resnet{depth} b{batch}", cmd, 1800
+    if args.only in ("all", "compile"):
+        for model, flags in COMPILE:
+            cmd = [py, "-m", "resjax.bench", f"--model={model}", "--batch=128", "--devices=1"]
+            cmd += ["--compile-only", "--json", *flags]
+            yield "compile", " ".join([model, *flags]), cmd, args.compile_timeout_s
+    if args.only in ("all", "real_data"):
+        cmd = [py, "-m", "resjax.bench", "--model=resnet20", "--batch=128", "--devices=1"]
+        cmd += ["--real-data", "--dataset=fashion_mnist", "--windows=7", "--json"]
+        yield "real_data", "resnet20 b128 fashion_mnist", cmd, 1800
+
+
+def tables(rows: list[dict]) -> str:
+    out = ["## resjax vs PyTorch 2.13 (channels_last), fp32 train step, same 2 cores\n"]
+    out.append("| network | batch | resjax img/s | PyTorch img/s | ratio | clean rounds |")
+    out.append("|---|---:|---:|---:|---:|---|")
+    for r in (r for r in rows if r["kind"] == "side_by_side" and "ratio" in r):
+        out.append(
+            f"| ResNet-{r['depth']} | {r['batch_size']} | {r['jax_img_per_s']:.0f} | "
+            f"{r['torch_img_per_s']:.0f} | **{r['ratio']:.2f}** | "
+            f"{r['clean_rounds']}/{r['rounds']} |"
+        )
+    out.append("\n## Compile time and memory of the train step (batch 128, fp32, 1 CPU device)\n")
+    out.append("| network | form | compile | step needs | of which temporaries | host RSS |")
+    out.append("|---|---|---:|---:|---:|---:|")
+    for r in (r for r in rows if r["kind"] == "compile"):
+        model, *flags = r["label"].split()
+        form = ("scanned" if "--scan" in flags else "unrolled") + (
+            " + remat" if "--remat" in flags else ""
+        )
+        if "timeout_s" in r:
+            out.append(f"| {model} | {form} | > {r['timeout_s']:.0f} s (stopped) | | | |")
+        elif "error" in r:
+            out.append(f"| {model} | {form} | error: {r['error']} | | | |")
+        else:
+            out.append(
+                f"| {model} | {form} | {r['compile_s']:.1f} s | {r['step_total_gb']:.2f} GB | "
+                f"{r['step_temp_gb']:.2f} GB | {r['host_peak_rss_gb']:.2f} GB |"
+            )
+    for r in (r for r in rows if r["kind"] == "real_data" and "real_over_synthetic" in r):
+        out.append(
+            f"\nReal pipeline (Fashion-MNIST, ResNet-20, batch 128): "
+            f"{r['real_images_per_s']:.0f} img/s vs {r['images_per_s']:.0f} synthetic = "
+            f"**{100 * r['real_over_synthetic']:.0f}%**"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for results.jsonl and tables.md")
+    p.add_argument("--only", default="all", choices=("all", "side_by_side", "compile", "real_data"))
+    p.add_argument("--rounds", type=int, default=6, help="side-by-side rounds per network")
+    p.add_argument("--compile_timeout_s", type=float, default=600)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with open(out / "results.jsonl", "a") as f:
+        for kind, label, cmd, timeout_s in measurements(args):
+            print(f"[{time.strftime('%H:%M:%S')}] {kind}: {label}", flush=True)
+            row = {"kind": kind, "label": label, **_json_run(cmd, timeout_s)}
+            rows.append(row)
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    (out / "tables.md").write_text(tables(rows))
+    print(tables(rows))
+
+
+if __name__ == "__main__":
+    main()
