@@ -45,7 +45,7 @@ def bench_config(args: argparse.Namespace):
     c.model.name = args.model
     c.model.overrides.scan = args.scan or None
     c.model.overrides.remat = args.remat or None
-    c.model.overrides.conv_barriers = {"auto": None, "on": True, "off": False}[args.conv_barriers]
+    c.model.overrides.cpu_convs = {"auto": None, "on": True, "off": False}[args.cpu_convs]
     c.dtype = args.dtype
     c.batch_size = args.batch
     c.parallelism = args.parallelism
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **step_memory,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "resjax_xla_defaults": xla_flags.status(),
-        "conv_barriers": config.model.overrides.conv_barriers,
+        "cpu_convs": config.model.overrides.cpu_convs,
     }
     peak = peak_flops(devices[0])
     if peak and np.isfinite(flops):
@@ -276,10 +276,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scan", action="store_true", help="nn.scan over identical blocks")
     p.add_argument("--remat", action="store_true", help="recompute activations (nn.remat)")
     p.add_argument(
-        "--conv-barriers",
+        "--cpu-convs",
         default="auto",
         choices=("auto", "on", "off"),
-        help="models/materialize.py; auto: on for the CPU backend",
+        help="models/conv.py's XLA:CPU backward pass; auto: on for the CPU backend",
     )
     p.add_argument(
         "--compile-only",

@@ -44,7 +44,7 @@ SAFE_ON_RESUME = (
     "data.manual_dir",
     "data.prefetch_batches",
     "compilation_cache_dir",
-    "model.overrides.conv_barriers",  # same values, different XLA fusion (models/materialize.py)
+    "model.overrides.cpu_convs",  # same numbers, another XLA:CPU formulation (models/conv.py)
 )
 
 

@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     o.drop_path_rate = config_dict.placeholder(float)
     o.scan = config_dict.placeholder(bool)  # nn.scan over identical blocks: flat compile time
     o.remat = config_dict.placeholder(bool)  # recompute activations in the backward pass
-    o.conv_barriers = config_dict.placeholder(bool)  # None: on for the CPU (models/materialize.py)
+    o.cpu_convs = config_dict.placeholder(bool)  # None: on for the CPU (models/conv.py)
     c.dtype = "float32"  # computation dtype; parameters stay float32 ("bfloat16" on GPU/TPU)
 
     # --- data (resjax.data) ---

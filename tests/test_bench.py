@@ -18,7 +18,7 @@ def test_bench_reports_throughput_flops_and_memory(capsys):
     assert r["step_ms"] == pytest.approx(1e3 * 8 / r["images_per_s"])
     assert r["flops_per_step"] > 1e8  # ResNet-8 fwd+bwd on 8 images of 32x32
     assert 0 < r["step_temp_gb"] <= r["step_total_gb"] < 1
-    assert r["compile_s"] > 0 and r["conv_barriers"] is None  # auto
+    assert r["compile_s"] > 0 and r["cpu_convs"] is None  # auto
     assert "mfu" not in r  # no known peak for the CPU
 
 

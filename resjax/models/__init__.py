@@ -6,7 +6,9 @@ variables = model.init(jax.random.key(0), x, train=False)
 logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
 """
 
+from resjax.models.batchnorm import BatchNorm
 from resjax.models.blocks import BottleneckBlock, ResidualBlock
+from resjax.models.conv import Conv
 from resjax.models.portable import load_params, save_params
 from resjax.models.registry import (
     cifar_resnet,
@@ -20,7 +22,9 @@ from resjax.models.resnet import ResNet
 from resjax.models.summary import count_params, default_input_shape, init_shapes
 
 __all__ = [
+    "BatchNorm",
     "BottleneckBlock",
+    "Conv",
     "ResNet",
     "ResidualBlock",
     "cifar_resnet",

@@ -26,14 +26,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from resjax.models.batchnorm import BatchNorm
-from resjax.models.materialize import barriers_enabled, with_barriers
+from resjax.models.conv import Conv, use_cpu_convs
 
 ORDERINGS = ("post", "pre", "relu_bn_conv")
 SHORTCUTS = ("A", "B", "C", "conv")
-
-# He et al. initialise convolutions as in "Delving deep into rectifiers"; torchvision uses the
-# fan-out form, which keeps the backward signal's variance.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -67,7 +63,7 @@ class _Block(nn.Module):
     bn_epsilon: float = 1e-5
     axis_name: str | None = None  # None: runs under plain jax.jit (BN over the global batch)
     perturb_input: bool = False  # adds a zero 'perturbations' variable: grads w.r.t. the input
-    conv_barriers: bool | None = None  # see models/materialize.py; None: on for the CPU backend
+    cpu_convs: bool | None = None  # models/conv.py's XLA:CPU backward; None: on for the CPU
 
     expansion = 1
 
@@ -81,18 +77,15 @@ class _Block(nn.Module):
         raise NotImplementedError
 
     def _conv(self, features: int, kernel: int, strides: int, name: str, bias: bool = False):
-        pad = kernel // 2  # symmetric, as PyTorch: SAME would pad 0/1 at stride 2
-        conv = nn.Conv(
+        return Conv(
             features,
-            (kernel, kernel),
-            strides=(strides, strides),
-            padding=((pad, pad), (pad, pad)),
+            kernel,
+            strides,
             use_bias=bias,
             dtype=self.dtype,
-            kernel_init=conv_init,
+            cpu=use_cpu_convs(self.cpu_convs),
             name=name,
         )
-        return with_barriers(conv, barriers_enabled(self.conv_barriers))
 
     def _bn(self, train: bool, name: str, zero_scale: bool = False):
         return BatchNorm(

@@ -15,9 +15,9 @@ XLA cannot constant-fold is therefore computed once and materialised, and every 
 forward conv and the transposed copy) reads that buffer. Dividing by exactly 1.0 is exact for
 every float, including infinities, NaNs and signed zeros, so results are unchanged.
 
-Cost: one elementwise pass per barrier, fused with the producers it cuts off. On accelerators
-the fusion problem does not arise, so the models apply the barriers only when the default
-backend is the CPU (see `ResNet.conv_barriers`).
+Cost: one elementwise pass per barrier, fused with the producers it cuts off. The fusion
+problem is XLA:CPU's, so `resjax.models.conv.Conv` applies barriers only in its CPU form
+(`ResNet.cpu_convs`).
 """
 
 from __future__ import annotations
@@ -43,49 +43,3 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         return x
     return x / _unfoldable_ones(x)
-
-
-@jax.custom_vjp
-def materialize(x: jax.Array) -> jax.Array:
-    """Identity whose forward value is computed once (`fusion_barrier`); gradient passes as is."""
-    return fusion_barrier(x)
-
-
-def _materialize_fwd(x):
-    return fusion_barrier(x), None
-
-
-def _materialize_bwd(_, g):
-    return (g,)
-
-
-materialize.defvjp(_materialize_fwd, _materialize_bwd)
-
-
-@jax.custom_vjp
-def materialize_grad(x: jax.Array) -> jax.Array:
-    """Identity whose *gradient* is computed once (`fusion_barrier` on the cotangent)."""
-    return x
-
-
-def _materialize_grad_fwd(x):
-    return x, None
-
-
-def _materialize_grad_bwd(_, g):
-    return (fusion_barrier(g),)
-
-
-materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
-
-
-def barriers_enabled(setting: bool | None) -> bool:
-    """A model's `conv_barriers` field: None means on exactly when JAX's default backend is CPU."""
-    return jax.default_backend() == "cpu" if setting is None else bool(setting)
-
-
-def with_barriers(conv, enabled: bool):
-    """`conv` (any x -> y layer) with its input materialised and its output gradient too."""
-    if not enabled:
-        return conv
-    return lambda x: materialize_grad(conv(materialize(x)))
