@@ -9,6 +9,7 @@ result to OUT/results.jsonl as it lands, and writes OUT/tables.md:
 * resjax vs PyTorch 2.13 channels-last, per network and batch (benchmarks/side_by_side.py);
 * compile time and the step's memory, unrolled vs scanned, with and without remat
   (`python -m resjax.bench --compile-only`);
+* ResNet-1202 training steps, scanned with and without remat;
 * real input pipeline vs synthetic data (`python -m resjax.bench --real-data`).
 
 Needs torch (`pip install torch==2.13.0`) and a quiet machine: check `uptime` first.
@@ -60,6 +61,11 @@ def measurements(args: argparse.Namespace):
             cmd = [py, "-m", "resjax.bench", f"--model={model}", "--batch=128", "--devices=1"]
             cmd += ["--compile-only", "--json", *flags]
             yield "compile", " ".join([model, *flags]), cmd, args.compile_timeout_s
+    if args.only in ("all", "deep"):
+        for flags in (("--scan", "--remat"), ("--scan",)):  # ResNet-1202 really training
+            cmd = [py, "-m", "resjax.bench", "--model=resnet1202", "--batch=128", "--devices=1"]
+            cmd += ["--steps=1", "--windows=2", "--warmup=1", "--json", *flags]
+            yield "deep", " ".join(["resnet1202", *flags]), cmd, 1800
     if args.only in ("all", "real_data"):
         cmd = [py, "-m", "resjax.bench", "--model=resnet20", "--batch=128", "--devices=1"]
         cmd += ["--real-data", "--dataset=fashion_mnist", "--windows=7", "--json"]
@@ -93,6 +99,17 @@ def tables(rows: list[dict]) -> str:
                 f"| {model} | {form} | {r['compile_s']:.1f} s | {r['step_total_gb']:.2f} GB | "
                 f"{r['step_temp_gb']:.2f} GB | {r['host_peak_rss_gb']:.2f} GB |"
             )
+    deep = [r for r in rows if r["kind"] == "deep" and "images_per_s" in r]
+    if deep:
+        out.append("\n## ResNet-1202 training at batch 128 (fp32, 1 CPU device)\n")
+        out.append("| form | s/step | img/s | step needs | host peak RSS |")
+        out.append("|---|---:|---:|---:|---:|")
+        for r in deep:
+            form = r["label"].split(" ", 1)[1].replace("--", "")
+            out.append(
+                f"| {form} | {r['step_ms'] / 1e3:.1f} | {r['images_per_s']:.1f} | "
+                f"{r['step_total_gb']:.2f} GB | {r['host_peak_rss_gb']:.2f} GB |"
+            )
     for r in (r for r in rows if r["kind"] == "real_data" and "real_over_synthetic" in r):
         out.append(
             f"\nReal pipeline (Fashion-MNIST, ResNet-20, batch 128): "
@@ -105,7 +122,9 @@ def tables(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="folder for results.jsonl and tables.md")
-    p.add_argument("--only", default="all", choices=("all", "side_by_side", "compile", "real_data"))
+    p.add_argument(
+        "--only", default="all", choices=("all", "side_by_side", "compile", "deep", "real_data")
+    )
     p.add_argument("--rounds", type=int, default=6, help="side-by-side rounds per network")
     p.add_argument("--compile_timeout_s", type=float, default=600)
     args = p.parse_args()
