@@ -28,6 +28,8 @@ bench --model=resnet56 --batch=128 --dtype=bfloat16 --steps=50 --windows=5
 bench --model=resnet110 --batch=128 --dtype=bfloat16 --steps=10 --windows=3
 bench --model=resnet110 --batch=128 --dtype=bfloat16 --steps=10 --windows=3 --scan
 bench --model=resnet1202 --batch=128 --dtype=bfloat16 --steps=5 --windows=3 --scan --remat
+# Does the XLA:CPU convolution backward (models/conv.py; off on GPU by default) cost or gain here?
+bench --model=resnet110 --batch=128 --dtype=bfloat16 --steps=10 --windows=3 --scan --cpu-convs=on
 # The input pipeline on that host's cores (CIFAR-shaped synthetic split).
 timeout 120 python3 -m resjax.data.bench --dataset=cifar10 --batch=128
 echo "--- done"

@@ -5,11 +5,11 @@
 
 runs the default sweep: plain and residual CIFAR-style nets of depth 8, 20 and 56 on
 Fashion-MNIST, one seed, each point in `runs/depth_sweep/<point>/` (e.g. `plain_d56_s0`), then
-writes `report.md`, `report.csv` and the plots there. Measured on the shared 2-core CPU machine:
-14 min 44 s for all six points (577 s of CPU time; other jobs kept the load average at 4-12),
-see experiments/2026-11-27_depth_sweep/. Result: the 56-layer plain net ends with more than
-twice the training error of the 8-layer one (45.2% vs 20.7%), while the 56-layer residual net
-is not worse than the 8-layer one (20.2% vs 20.7%).
+writes `report.md`, `report.csv` and the plots there. Measured on the 2-core CPU machine with
+nothing else running: 5 min 00 s for all six points, see experiments/2026-11-28_depth_sweep/.
+Result: the 56-layer plain net ends with more than twice the training error of the 8-layer one
+(47.2% vs 20.1%), while the 56-layer residual net is not worse than the 8-layer one (20.0% vs
+20.3%).
 
 One point is one string (STYLE habit 3); this reproduces a point of the sweep exactly:
 
