@@ -251,3 +251,25 @@ def test_importing_resjax_sets_flags_that_xla_accepts():
     assert _python(code) == f"added {FLAG} | {FLAG}"
     late = "import jax; jax.numpy.ones(1); import resjax; print(resjax.xla_flags.status())"
     assert "backends had started" in _python(late)
+
+
+def test_bfloat16_network_trains_with_the_cpu_convs():
+    x = _input((4, 16, 16, 3))
+    grads = []
+    for cpu in (True, False):
+        model = get_model("resnet8", dtype="bfloat16", cpu_convs=cpu)
+        variables = model.init(jax.random.PRNGKey(0), x)
+
+        def loss(params, model=model, variables=variables):
+            logits, _ = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                x,
+                mutable=["batch_stats"],
+            )
+            return jnp.mean(logits**2)
+
+        grads.append(jax.jit(jax.grad(loss))(variables["params"]))
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads[0]))
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[1]))
+    # bfloat16 keeps 8 significant bits; the two forms may round in different places.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=0.05 * scale), *grads)
