@@ -18,7 +18,7 @@ from resjax import xla_flags
 from resjax.models import get_model
 from resjax.models.batchnorm import BatchNorm
 from resjax.models.conv import Conv, conv_init, cpu_conv, use_cpu_convs
-from resjax.models.materialize import fusion_barrier
+from resjax.models.fusion_barrier import fusion_barrier
 
 
 def _input(shape=(16, 6, 6, 8), seed=0):

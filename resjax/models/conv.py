@@ -6,7 +6,7 @@ initialisation and its numbers; it pads symmetrically (k // 2 on each side, as P
 With `cpu=True` its gradient is a hand-written `custom_vjp` that fixes two ways XLA:CPU loses
 time on a ResNet train step (benchmarks/README.md has the profiles):
 
-1. Fusion barriers (models/materialize.py) on the layer input and on the output gradient, so
+1. Fusion barriers (models/fusion_barrier.py) on the layer input and on the output gradient, so
    the BN/ReLU/residual-add producing them are computed once instead of being fused into, and
    recomputed inside, the transposed copies the weight gradient reads (~1.5x on the step).
 2. Both backward convolutions written in XLA:CPU's canonical form (batch-major input,
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from resjax.models.materialize import fusion_barrier
+from resjax.models.fusion_barrier import fusion_barrier
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 

@@ -1,4 +1,4 @@
-"""Fusion barriers: make XLA compute an activation (or its gradient) once, into one buffer.
+"""A fusion barrier: make XLA compute an activation (or its gradient) once, into one buffer.
 
 Why. XLA:CPU lowers a convolution's weight gradient to a convolution over transposed copies of
 the layer's input ([C, H, W, N]) and of the output gradient ([H, W, N, C]). Its fusion pass
