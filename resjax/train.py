@@ -13,7 +13,10 @@ along 'data', state replicated, state donated), or under `jax.pmap` with
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,9 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resjax import checkpoint, data, models, optim
+from resjax import checkpoint, data, models, optim, xla_flags
 from resjax.metric_writer import MetricWriter, Progress
+from resjax.models.conv import use_cpu_convs
 
 PARALLELISMS = ("jit", "pmap")
 BN_STATS = ("global", "per_device")
@@ -327,6 +331,26 @@ class Preempted(SystemExit):
         self.message = message
 
 
+def environment(model: models.ResNet) -> dict[str, Any]:
+    """What a run's speed and numbers depend on beyond its config: versions, devices, flags."""
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        **versions,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "processes": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "resjax_xla_defaults": xla_flags.status(),
+        "cpu_convs": use_cpu_convs(model.cpu_convs),
+    }
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains `config` in `workdir`; returns the final results (also written to results.json).
 
@@ -397,6 +421,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer = MetricWriter(workdir)
     if lead:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        with (workdir / "environment.jsonl").open("a") as f:  # one line per start or resume
+            f.write(json.dumps({"start_step": start_step, **environment(model)}) + "\n")
     progress = Progress(total_steps, start_step)
     progress.message(
         f"{config.model.name} ({'residual' if model.residual else 'plain'}, depth {model.depth}) "

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resjax import optim, train
+from resjax import optim, train, xla_flags
 from resjax.config import base_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +143,13 @@ def test_train_and_evaluate_tiny_run(fashion_mnist_dir, tmp_path):
     )
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "resnet8"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    (env,) = [
+        json.loads(line) for line in (tmp_path / "environment.jsonl").read_text().splitlines()
+    ]
+    assert env["start_step"] == 0 and env["jax"] == jax.__version__ and env["processes"] == 1
+    assert env["devices"].startswith(f"{jax.device_count()} x ")
+    assert env["cpu_convs"] is True  # auto: on for the CPU backend
+    assert env["resjax_xla_defaults"] == xla_flags.status()
 
 
 def test_non_finite_loss_names_the_step(fashion_mnist_dir, tmp_path):
