@@ -169,33 +169,22 @@ def make_train_step(depth: int = 20, batch_size: int = 128, bn: str = "flax"):
 def make_resjax_step(depth: int = 20, batch_size: int = 128):
     """resjax's own train step for `resnet{depth}`, as `python -m resjax.train` runs it.
 
-    Same contract as make_train_step. Uses resjax's defaults: its BatchNorm, conv barriers on
+    Same contract as make_train_step. Uses resjax's defaults: its BatchNorm, `cpu_convs` on
     the CPU, and its XLA flags (effective only if `resjax` was imported before any JAX
     computation ran). Optimiser: He et al.'s SGD (momentum 0.9, lr 0.1, L2 1e-4).
     """
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from jax.sharding import Mesh
 
-    from resjax import optim, train
+    from resjax import bench
     from resjax.config import base_config
 
     config = base_config()
     config.model.name = f"resnet{depth}"
     config.batch_size = batch_size
-    config.data.val_examples = 0
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    model = train.build_model(config, 10)
-    trainer = train.Trainer(config, mesh)
-    tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 10**6, ()))
-    state = train.create_train_state(config, model, tx, (32, 32, 3), trainer.replicated)
+    trainer, state, batch, _ = bench.prepare(config, mesh, (32, 32, 3), 10)
     n_params = sum(v.size for v in jax.tree.leaves(state.params))
-    rng = np.random.default_rng(0)
-    sharding = NamedSharding(mesh, P("data"))
-    batch = {
-        "image": jax.device_put(rng.normal(size=(batch_size, 32, 32, 3)).astype("f4"), sharding),
-        "label": jax.device_put(rng.integers(0, 10, batch_size).astype("i4"), sharding),
-    }
     metrics = trainer.empty_metrics()
     t0 = time.perf_counter()
     trainer._step.lower(state, batch, metrics).compile()

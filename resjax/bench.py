@@ -94,6 +94,30 @@ def _timed_windows(run_window, windows: int) -> list[float]:
     return times
 
 
+def prepare(config, mesh: Mesh, shape: tuple[int, ...], num_classes: int):
+    """(trainer, state, batch, init seconds): resjax's train step for `config` on `mesh`, with
+    a fixed synthetic batch of `config.batch_size` images on the devices."""
+    model = train.build_model(config, num_classes)
+    trainer = train.Trainer(config, mesh)
+    tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 10**6, ()))
+
+    t0 = time.perf_counter()
+    state = train.create_train_state(config, model, tx, shape, trainer.replicated)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+
+    batch_sharding = NamedSharding(mesh, P("data"))
+    rng = np.random.default_rng(0)
+    size = config.batch_size
+    batch = {
+        "image": jax.device_put(rng.normal(size=(size, *shape)).astype(np.float32), batch_sharding),
+        "label": jax.device_put(
+            rng.integers(0, num_classes, size).astype(np.int32), batch_sharding
+        ),
+    }
+    return trainer, state, batch, init_s
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the benchmark described by `args`; returns the numbers it prints."""
     config = bench_config(args)
@@ -109,25 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         imagenet = args.model in {f"resnet{d}" for d in IMAGENET_STAGES}
         shape = (224, 224, 3) if imagenet else (32, 32, 3)
         num_classes = 1000 if imagenet else 10
-    model = train.build_model(config, num_classes)
-    trainer = train.Trainer(config, mesh)
-    tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 10**6, ()))
-
-    t0 = time.perf_counter()
-    state = train.create_train_state(config, model, tx, shape, trainer.replicated)
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t0
-
-    batch_sharding = NamedSharding(mesh, P("data"))
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jax.device_put(
-            rng.normal(size=(args.batch, *shape)).astype(np.float32), batch_sharding
-        ),
-        "label": jax.device_put(
-            rng.integers(0, num_classes, args.batch).astype(np.int32), batch_sharding
-        ),
-    }
+    trainer, state, batch, init_s = prepare(config, mesh, shape, num_classes)
     metrics = trainer.empty_metrics()
     if args.parallelism == "jit":
         t0 = time.perf_counter()
@@ -140,23 +146,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         compile_s, flops, step_memory = float("nan"), float("nan"), {}
         batch = jax.device_get(batch)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+        "parallelism": args.parallelism,
+        "scan": args.scan,
+        "remat": args.remat,
+        "init_s": init_s,
+        "compile_s": compile_s,
+        "flops_per_step": flops,
+        **step_memory,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "resjax_xla_defaults": xla_flags.status(),
+        "cpu_convs": config.model.overrides.cpu_convs,
+    }
     if args.compile_only:
-        return {
-            "model": args.model,
-            "batch": args.batch,
-            "dtype": args.dtype,
-            "devices": len(devices),
-            "device_kind": devices[0].device_kind,
-            "scan": args.scan,
-            "remat": args.remat,
-            "init_s": init_s,
-            "compile_s": compile_s,
-            "flops_per_step": flops,
-            **step_memory,
-            **_memory(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "resjax_xla_defaults": xla_flags.status(),
-        }
+        return {**result, **_memory()}
     state = trainer.device_state(state)
     for _ in range(args.warmup):
         state, metrics = trainer.step(state, batch, metrics)
@@ -170,26 +178,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     times = _timed_windows(synthetic_window, args.windows)
     step_s = statistics.median(times) / args.steps
-    result: dict[str, Any] = {
-        "model": args.model,
-        "batch": args.batch,
-        "dtype": args.dtype,
-        "devices": len(devices),
-        "device_kind": devices[0].device_kind,
-        "parallelism": args.parallelism,
-        "scan": args.scan,
-        "remat": args.remat,
-        "init_s": init_s,
-        "compile_s": compile_s,
-        "images_per_s": args.batch / step_s,
-        "step_ms": step_s * 1e3,
-        "window_images_per_s": [args.batch * args.steps / t for t in times],
-        "flops_per_step": flops,
-        **step_memory,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "resjax_xla_defaults": xla_flags.status(),
-        "cpu_convs": config.model.overrides.cpu_convs,
-    }
+    result.update(
+        images_per_s=args.batch / step_s,
+        step_ms=step_s * 1e3,
+        window_images_per_s=[args.batch * args.steps / t for t in times],
+    )
     peak = peak_flops(devices[0])
     if peak and np.isfinite(flops):
         result["mfu"] = flops / step_s / (peak * len(devices))
@@ -224,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _print(result: dict[str, Any]) -> None:
     lines = [
         f"{result['model']} batch {result['batch']} {result['dtype']} on {result['devices']} × "
-        f"{result['device_kind']} ({result.get('parallelism', 'jit')}"
+        f"{result['device_kind']} ({result['parallelism']}"
         + (", scan" if result["scan"] else "")
         + (", remat" if result["remat"] else "")
         + ")",
@@ -248,11 +241,10 @@ def _print(result: dict[str, Any]) -> None:
     if "device_peak_gb" in result:
         memory += f", device peak {result['device_peak_gb']:.2f} GB"
     lines.append(memory)
-    if "xla_flags" in result:
-        lines.append(
-            f"  XLA     XLA_FLAGS={result['xla_flags'] or '(none)'}; resjax defaults: "
-            f"{result['resjax_xla_defaults']}"
-        )
+    lines.append(
+        f"  XLA     XLA_FLAGS={result['xla_flags'] or '(none)'}; resjax defaults: "
+        f"{result['resjax_xla_defaults']}"
+    )
     if "real_images_per_s" in result:
         lines.append(
             f"  real data ({result['dataset']}) {result['real_images_per_s']:,.0f} images/s = "
