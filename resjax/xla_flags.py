@@ -9,7 +9,8 @@ benchmarks/README.md):
 
 * ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: run convolutions with
   XLA's Eigen kernels instead of YNNPACK's. Eigen's weight- and input-gradient convolutions at
-  16-64 channels are 1.3-2.3x faster here, +15-20% on the whole step.
+  16-64 channels are 1.1-2.7x faster here (benchmarks/conv_layers.py), +15-20% on the whole
+  step.
 
 The flags are XLA:CPU's and do nothing on GPU or TPU. Unknown flags make XLA abort, and
 experimental ones come and go between releases, so they are added only for the jaxlib versions
