@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.val_examples = 5000  # carved from the end of train (He et al.: 45k/5k); 0 = none
     c.data.augment = "pad_crop_flip"  # 'pad_crop_flip' | 'pad_crop' | 'none'
     c.data.pad_px = 4  # He et al. 2015, sec. 4.2
+    c.data.random_erase = 0.0  # probability of erasing a random box (Zhong et al. 2017: 0.5)
     c.data.normalize = True  # per-channel mean/std of the training split
     c.data.prefetch_batches = 2  # batches put on device ahead of use
 

@@ -127,6 +127,43 @@ def test_augment_modes_and_normalisation():
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
 
 
+def test_random_erase_boxes_follow_zhong_et_al():
+    rng = np.random.default_rng(0)
+    top, left, h, w = augment.draw_erase_boxes(rng, 20_000, 28, 28, probability=0.5)
+    erased = h > 0
+    assert abs(erased.mean() - 0.5) < 0.02
+    area = (h * w)[erased] / (28 * 28)
+    assert 0.0 < area.min() and area.max() <= 0.45  # 2%-40% of the image, rounded to pixels
+    assert abs(np.median(area) - 0.21) < 0.03  # uniform in [0.02, 0.4]: median 0.21
+    assert (top >= 0).all() and (top + h <= 28).all() and (left + w <= 28).all()
+    assert (w[~erased] == 0).all()
+
+    images = np.zeros((3, 6, 5, 1), np.uint8)
+    noise = np.full_like(images, 7)
+    box = (np.array([1, 0, 2]), np.array([2, 0, 0]), np.array([2, 0, 4]), np.array([3, 0, 5]))
+    out = augment.erase(images, *box, noise)
+    want = np.zeros_like(images)
+    want[0, 1:3, 2:5] = 7
+    want[2, 2:6, 0:5] = 7
+    np.testing.assert_array_equal(out, want)
+
+
+def test_random_erase_in_the_pipeline_is_per_process_invariant_and_resumable():
+    splits = make_splits(normalize=False)
+    config = data_config(augment="none", random_erase=1.0)
+    plain = next(data.TrainIterator(splits, 16, seed=0, data_config=data_config(augment="none")))
+    batch = next(data.TrainIterator(splits, 16, seed=0, data_config=config))
+    changed = (batch["image"] != plain["image"]).any(axis=(1, 2, 3))
+    assert changed.all()  # probability 1: every image has a box of noise
+    parts = [
+        next(data.TrainIterator(splits, 16, 0, config, process_index=p, process_count=2))
+        for p in range(2)
+    ]
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in parts]), batch["image"])
+    with pytest.raises(ValueError, match="random_erase must be in"):
+        data.TrainIterator(splits, 16, seed=0, data_config=data_config(random_erase=1.5))
+
+
 def test_batches_on_a_mesh_are_global_arrays_sharded_along_data():
     mesh = Mesh(np.array(jax.devices()), ("data",))
     assert mesh.size == 4  # conftest: 4 fake CPU devices

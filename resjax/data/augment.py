@@ -72,6 +72,57 @@ def gather_pad_crop_flip(
     return out
 
 
+def draw_erase_boxes(
+    rng: np.random.Generator,
+    batch: int,
+    height: int,
+    width: int,
+    probability: float,
+    scale: tuple[float, float] = (0.02, 0.4),  # Zhong et al. 2017, sec. 3.1: s_l, s_h
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),  # their r_1, 1/r_1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random-erasing boxes (top, left, h, w), int [B] each; h = w = 0 where an image is kept.
+
+    Each image is erased with `probability`; the box covers a uniform fraction `scale` of the
+    image at an aspect ratio (h / w) drawn log-uniformly from `ratio`, and is clipped to the
+    image (instead of redrawn until it fits, so every image costs the same draws).
+    """
+    area = rng.uniform(*scale, batch) * height * width
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), batch))
+    h = np.minimum(np.sqrt(area * aspect).round().astype(np.int64), height)
+    w = np.minimum(np.sqrt(area / aspect).round().astype(np.int64), width)
+    erase = rng.random(batch) < probability
+    h, w = np.where(erase, h, 0), np.where(erase, w, 0)
+    top = (rng.random(batch) * (height - h + 1)).astype(np.int64)
+    left = (rng.random(batch) * (width - w + 1)).astype(np.int64)
+    return top, left, h, w
+
+
+def erase(
+    images: np.ndarray,
+    top: np.ndarray,
+    left: np.ndarray,
+    h: np.ndarray,
+    w: np.ndarray,
+    noise: np.ndarray,
+) -> np.ndarray:
+    """Replaces each image's box (from `draw_erase_boxes`) by `noise`, in place; returns images.
+
+    Args:
+      images: uint8 [B, H, W, C].
+      top, left, h, w: int [B]; h = 0 or w = 0 leaves the image as it is.
+      noise: uint8 [B, H, W, C], the fill (Zhong et al. fill with uniform random pixels).
+    """
+    _, height, width, _ = images.shape
+    rows = np.arange(height)[None, :]
+    cols = np.arange(width)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # [B, H]
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # [B, W]
+    box = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+    np.copyto(images, noise, where=box)
+    return images
+
+
 def normalize(images: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
     """uint8 [..., C] -> float32 (x - mean) / std per channel; x / 255 when mean is None."""
     out = images.astype(np.float32)

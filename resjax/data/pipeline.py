@@ -29,7 +29,7 @@ Batch = dict[str, Any]
 BATCH_AXIS = "data"  # mesh axis the batch is split along
 # Streams of np.random.SeedSequence([seed, STREAM, ...]), so shuffling and augmentation never
 # draw the same numbers.
-_SHUFFLE, _AUGMENT = 0, 1
+_SHUFFLE, _AUGMENT, _ERASE = 0, 1, 2
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -153,13 +153,15 @@ class TrainIterator:
     Augmentation (`config.data.augment`): for splits in RAM, 'pad_crop_flip' / 'pad_crop' pad
     by `pad_px` zeros, crop back at random and (first mode) flip, vectorised per batch; for
     splits read from disk, the same modes mean random-resized-crop (+ flip), and 'none' means
-    the eval resize + center crop.
+    the eval resize + center crop. `random_erase` > 0 then erases a random box of each image
+    with that probability (Zhong et al. 2017), in either case.
 
     Args:
       splits: from `load_splits`; augmentation depends on whether it is held in RAM.
       global_batch_size: over all processes and devices.
       seed: `config.seed`; shuffling and augmentation derive from it.
-      data_config: `config.data` (augment, pad_px, prefetch_batches); None: defaults.
+      data_config: `config.data` (augment, pad_px, random_erase, prefetch_batches); None:
+        defaults.
       mesh: for global arrays; None for host-local numpy batches (pmap, benchmarks).
       process_index, process_count: override jax's (to test multi-process sharding in one).
     """
@@ -197,6 +199,9 @@ class TrainIterator:
         self._flip = mode == "pad_crop_flip"
         self._pad_px = int(data_config.get("pad_px", 4)) if mode != "none" else 0
         self._crop = mode != "none"
+        self._erase = float(data_config.get("random_erase", 0.0))
+        if not 0.0 <= self._erase <= 1.0:
+            raise ValueError(f"config.data.random_erase must be in [0, 1]; got {self._erase}")
         self._prefetch = int(data_config.get("prefetch_batches", 2))
         if self._prefetch < 0:
             raise ValueError(f"config.data.prefetch_batches must be >= 0; got {self._prefetch}")
@@ -276,7 +281,19 @@ class TrainIterator:
             labels = self._source.labels[index]
         else:
             images, labels = self._stream_batch(index, epoch, step, mine.start)
+        if self._erase:
+            images = self._random_erase(images, epoch, step, mine)
         return {"image": augment.normalize(images, self._mean, self._std), "label": labels}
+
+    def _random_erase(self, images: np.ndarray, epoch: int, step: int, mine: slice) -> np.ndarray:
+        # Boxes and noise are drawn for the whole global batch and sliced, as the crops: the
+        # same global batch for any number of processes.
+        _, height, width, channels = images.shape
+        g = self._global_batch_size
+        rng = np.random.default_rng([self._seed, _ERASE, epoch, step])
+        boxes = augment.draw_erase_boxes(rng, g, height, width, self._erase)
+        noise = rng.integers(0, 256, (g, height, width, channels), dtype=np.uint8)[mine]
+        return augment.erase(images, *(b[mine] for b in boxes), noise)
 
     def _stream_batch(self, index: np.ndarray, epoch: int, step: int, offset: int):
         rows = self._source.read(index)
