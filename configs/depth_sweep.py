@@ -31,79 +31,11 @@ the plain 56-layer net degrades either way. The recipe search is in the experime
 
 from __future__ import annotations
 
-import itertools
+from resjax.config import base_config, lock, parse_point, point_name_of, sweep_points
 
-from resjax.config import base_config, lock
+# --- The default sweep's recipe: the numbers the docstring reports ---
 
-# Keys a point arg may set, with their parser and default.
-POINT_KEYS = {
-    "depth": (int, 20),
-    "plain": (int, 0),
-    "seed": (int, 0),
-    "recipe": (str, "fmnist"),
-    "ordering": (str, "post"),
-    "shortcut": (str, "A"),
-}
-RECIPES = ("fmnist", "cifar10")
-
-# Named sweeps: recipe, depths, families (plain flags), seeds, and the ablated field's values.
 _DEPTH = dict(depths=(8, 20, 56), plain=(1, 0), seeds=(0,))  # plain vs residual x depth
-_PREACT = dict(_DEPTH, plain=(0,), ordering=("post", "pre"))  # He et al. 2016's ordering
-_SHORTCUT = dict(_DEPTH, plain=(0,), shortcut=("A", "B", "C"))  # He et al. 2015, Table 3
-_CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2015, Fig. 6 and Table 6
-SWEEPS = {
-    "fmnist": dict(_DEPTH, recipe="fmnist"),  # the default: ~15 min on 2 CPU cores
-    "fmnist_3seeds": dict(_DEPTH, seeds=(0, 1, 2), recipe="fmnist"),  # mean ± std; ~45 min
-    "preact": dict(_PREACT, recipe="fmnist"),
-    "shortcut": dict(_SHORTCUT, recipe="fmnist"),
-    "cifar10": dict(_DEPTH, depths=_CIFAR_DEPTHS, recipe="cifar10"),
-    "cifar10_preact": dict(_PREACT, depths=_CIFAR_DEPTHS, recipe="cifar10"),
-    "cifar10_shortcut": dict(_SHORTCUT, depths=_CIFAR_DEPTHS, recipe="cifar10"),
-}
-
-
-def parse_arg(arg: str | None) -> dict:
-    """`'depth=56,plain=1'` -> {'depth': 56, 'plain': 1, 'seed': 0, ...} (defaults filled in).
-
-    A bare sweep name (or nothing) gives that sweep's first point.
-    """
-    if not arg or "=" not in arg:
-        return parse_arg(_points(arg or "fmnist")[0])
-    values = {k: default for k, (_, default) in POINT_KEYS.items()}
-    for item in arg.split(","):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in POINT_KEYS:
-            raise ValueError(
-                f"depth_sweep point {arg!r}: unknown key {key!r}; allowed keys: "
-                f"{', '.join(POINT_KEYS)} (e.g. 'depth=56,plain=1,seed=0')"
-            )
-        values[key] = POINT_KEYS[key][0](value.strip())
-    if values["recipe"] not in RECIPES:
-        raise ValueError(f"depth_sweep recipe must be one of {RECIPES}; got {values['recipe']!r}")
-    if values["plain"] not in (0, 1):
-        raise ValueError(f"depth_sweep plain must be 0 or 1; got {values['plain']}")
-    depth = values["depth"]
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"depth_sweep depth must be 6n+2 (8, 20, 32, 44, 56, 110, ...); got {depth}"
-        )
-    return values
-
-
-def get_config(arg: str | None = None):
-    """The config of one point, `arg` = 'key=value,...' (see the module docstring)."""
-    p = parse_arg(arg)
-    c = base_config()
-    c.seed = p["seed"]
-    c.model.name = f"{'plain' if p['plain'] else 'resnet'}{p['depth']}"
-    c.model.overrides.ordering = p["ordering"]
-    c.model.overrides.shortcut = p["shortcut"]
-    if p["recipe"] == "cifar10":
-        _he_cifar10(c, p["depth"])
-    else:
-        _fast_fmnist(c)
-    return lock(c)
 
 
 def _fast_fmnist(c) -> None:
@@ -122,6 +54,38 @@ def _fast_fmnist(c) -> None:
     c.eval_every_steps = 0  # evaluate once, at the end
     c.checkpoint_every_steps = 300
     c.eval_batch_size = 500
+
+
+# --- Named sweeps: depths, families (plain flags), seeds, and the ablated field's values ---
+
+_PREACT = dict(_DEPTH, plain=(0,), ordering=("post", "pre"))  # He et al. 2016's ordering
+_SHORTCUT = dict(_DEPTH, plain=(0,), shortcut=("A", "B", "C"))  # He et al. 2015, Table 3
+_CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2015, Fig. 6 and Table 6
+SWEEPS = {
+    "fmnist": dict(_DEPTH, recipe="fmnist"),  # the default: ~15 min on 2 CPU cores
+    "fmnist_3seeds": dict(_DEPTH, seeds=(0, 1, 2), recipe="fmnist"),  # mean ± std; ~45 min
+    "preact": dict(_PREACT, recipe="fmnist"),
+    "shortcut": dict(_SHORTCUT, recipe="fmnist"),
+    "cifar10": dict(_DEPTH, depths=_CIFAR_DEPTHS, recipe="cifar10"),
+    "cifar10_preact": dict(_PREACT, depths=_CIFAR_DEPTHS, recipe="cifar10"),
+    "cifar10_shortcut": dict(_SHORTCUT, depths=_CIFAR_DEPTHS, recipe="cifar10"),
+}
+
+
+def get_config(arg: str | None = None):
+    """The config of one point, `arg` = 'key=value,...' (see the module docstring); a sweep's
+    name (or nothing) gives that sweep's first point."""
+    p = parse_point(arg if arg and "=" in arg else _points(arg or "fmnist")[0])
+    c = base_config()
+    c.seed = p["seed"]
+    c.model.name = f"{'plain' if p['plain'] else 'resnet'}{p['depth']}"
+    c.model.overrides.ordering = p["ordering"]
+    c.model.overrides.shortcut = p["shortcut"]
+    if p["recipe"] == "cifar10":
+        _he_cifar10(c, p["depth"])
+    else:
+        _fast_fmnist(c)
+    return lock(c)
 
 
 def _he_cifar10(c, depth: int) -> None:
@@ -149,20 +113,7 @@ def _points(name: str) -> list[str]:
             f"unknown depth_sweep sweep {name!r}; named sweeps: {', '.join(SWEEPS)} "
             "(or a single point 'depth=56,plain=1,...')"
         )
-    s = SWEEPS[name]
-    points = []
-    for plain, ordering, shortcut, depth, seed in itertools.product(
-        s["plain"], s.get("ordering", ("post",)), s.get("shortcut", ("A",)), s["depths"], s["seeds"]
-    ):
-        parts = [f"depth={depth}", f"plain={plain}", f"seed={seed}"]
-        if s["recipe"] != "fmnist":
-            parts.append(f"recipe={s['recipe']}")
-        if ordering != "post":
-            parts.append(f"ordering={ordering}")
-        if shortcut != "A":
-            parts.append(f"shortcut={shortcut}")
-        points.append(",".join(parts))
-    return points
+    return sweep_points(**SWEEPS[name])
 
 
 def sweep(arg: str | None = None) -> list[str] | None:
@@ -174,12 +125,4 @@ def sweep(arg: str | None = None) -> list[str] | None:
 
 def point_name(point: str) -> str:
     """'depth=56,plain=1,seed=0' -> 'plain_d56_s0'; ablations add '_pre' or '_B' etc."""
-    p = parse_arg(point)
-    name = "plain" if p["plain"] else "resnet"
-    if p["recipe"] != "fmnist":
-        name = f"{p['recipe']}_{name}"
-    if p["ordering"] != "post":
-        name += f"_{p['ordering']}"
-    if p["shortcut"] != "A":
-        name += f"_{p['shortcut']}"
-    return f"{name}_d{p['depth']}_s{p['seed']}"
+    return point_name_of(parse_point(point))

@@ -28,24 +28,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from resjax.config import SAFE_ON_RESUME
+
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
-# Config keys that may change when a run resumes: they alter how long it runs or what it logs,
-# not what a step computes. Anything else differing from the checkpointed run is refused.
-SAFE_ON_RESUME = (
-    "total_steps",
-    "total_epochs",
-    "log_every_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "diagnostics_every_steps",
-    "eval_batch_size",
-    "data.dir",
-    "data.manual_dir",
-    "data.prefetch_batches",
-    "compilation_cache_dir",
-    "model.overrides.cpu_convs",  # same numbers, another XLA:CPU formulation (models/conv.py)
-)
 
 
 class CheckpointMismatchError(ValueError):
@@ -92,15 +77,17 @@ class Checkpointer:
         self.directory = Path(workdir).absolute() / "checkpoints"
         preserve = [policies.LatestN(n=max(1, keep))]
         if track_best:
-            # BestN alone would delete the newest checkpoint (FIELD_NOTES); with LatestN in an
-            # Any-policy the newest always stays. reverse=True sorts descending, so the lowest
-            # validation error is last and kept.
+            # BestN alone keeps only the best-ranked steps, so it would delete a newest checkpoint
+            # that ranks worse right after saving it; with LatestN in an Any-policy the newest
+            # always stays. reverse=True sorts descending, so the lowest validation error is last
+            # and kept.
             preserve.append(
                 policies.BestN(get_metric_fn=lambda m: m["val_error"], reverse=True, n=1)
             )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(preserve),
-            # Metrics are only persisted when best_fn is set (FIELD_NOTES), needed for best_step.
+            # Orbax writes the metrics given to save() only when best_fn is set; best_step()
+            # reads them.
             best_fn=(lambda m: m["val_error"]) if track_best else None,
             best_mode="min",
             cleanup_tmp_directories=True,  # removes what a process killed mid-save left
