@@ -61,7 +61,7 @@ def test_parameter_counts_of_rounded_models(name):
 
 
 def test_option_b_adds_the_projection_parameters():
-    # Two 1×1 projections (16→32, 32→64) with BN: 512+64 + 2048+128 = 2,752 (FIELD_NOTES).
+    # Two 1×1 projections (16→32, 32→64) with BN: 512+64 + 2048+128 = 2,752 (option B projects only where the shape changes).
     assert m.count_params(m.get_model("resnet20", shortcut="B")) - 269_722 == 2_752
 
 

@@ -15,10 +15,14 @@ class, so that each variation is one switch in an ablation:
   ``'conv'`` 1×1 strided conv with bias and no BN, only when the shape changes.
 
 Inputs and outputs are NHWC. Parameters are float32; ``dtype`` sets the computation dtype.
+
+The fields every block of a network shares are declared once, in `BlockOptions`: the blocks
+inherit them, and so does `resjax.models.ResNet`, which hands its values to each of its blocks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -44,7 +48,31 @@ def _norm(x: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sqrt(jnp.sum(x * x, axis=-1)))
 
 
-class _Block(nn.Module):
+class BlockOptions(nn.Module, kw_only=True):
+    """The fields a network shares with each of its blocks (keyword-only)."""
+
+    residual: bool = True  # False: He et al. 2015's plain block, same layers, no shortcut
+    shortcut: str = "B"  # see the module docstring (ResNet's default is 'A')
+    ordering: str = "post"
+    zero_init_last_bn: bool = False  # Goyal et al. 2017: each block starts as the identity
+    drop_path_rate: float = 0.0  # stochastic depth (Huang et al. 2016); needs the 'dropout' RNG
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9  # = PyTorch's momentum 0.1
+    bn_epsilon: float = 1e-5
+    axis_name: str | None = None  # None: runs under plain jax.jit (BN over the global batch)
+    cpu_convs: bool | None = None  # models/conv.py's XLA:CPU backward; None: on for the CPU
+
+    def block_options(self) -> dict[str, Any]:
+        """{field: value} of these fields: what a block built with the same options is given."""
+        return {name: getattr(self, name) for name in BLOCK_OPTIONS}
+
+
+BLOCK_OPTIONS = tuple(
+    f.name for f in dataclasses.fields(BlockOptions) if f.name not in ("parent", "name")
+)
+
+
+class _Block(BlockOptions):
     """What basic and bottleneck blocks share: shortcut, ordering, diagnostics, drop-path.
 
     Subclasses say which convolutions the residual branch stacks (`_convs`).
@@ -52,18 +80,8 @@ class _Block(nn.Module):
 
     features: int  # the branch's base width; the block outputs features * expansion channels
     strides: int = 1
-    residual: bool = True
-    shortcut: str = "B"
-    ordering: str = "post"
-    zero_init_last_bn: bool = False  # Goyal et al. 2017: each block starts as the identity
-    drop_path_rate: float = 0.0  # stochastic depth (Huang et al. 2016); needs the 'dropout' RNG
     lesioned: bool = False  # test-time removal of the branch (Veit et al. 2016): out = shortcut
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9  # = PyTorch's momentum 0.1
-    bn_epsilon: float = 1e-5
-    axis_name: str | None = None  # None: runs under plain jax.jit (BN over the global batch)
     perturb_input: bool = False  # adds a zero 'perturbations' variable: grads w.r.t. the input
-    cpu_convs: bool | None = None  # models/conv.py's XLA:CPU backward; None: on for the CPU
 
     expansion = 1
 

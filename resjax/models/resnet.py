@@ -16,6 +16,7 @@ leading axis of n-1. Compile time then no longer grows with depth (ResNet-1202 �
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 from flax import linen as nn
 
 from resjax.models.batchnorm import BatchNorm
-from resjax.models.blocks import BLOCKS, ORDERINGS, SHORTCUTS, check_choice
+from resjax.models.blocks import BLOCKS, ORDERINGS, SHORTCUTS, BlockOptions, check_choice
 from resjax.models.conv import Conv, use_cpu_convs
 
 STEMS = ("cifar", "imagenet")
@@ -47,7 +48,7 @@ class _ScanBody(nn.Module):
         return block(x, self.train, drop_path_rate), None
 
 
-class ResNet(nn.Module):
+class ResNet(BlockOptions):
     """A residual (or, with ``residual=False``, plain) network of any depth.
 
     Attributes:
@@ -57,8 +58,9 @@ class ResNet(nn.Module):
       stem: 'cifar' (3×3 conv, stride 1) or 'imagenet' (7×7/2 conv + 3×3/2 max-pool).
       stem_width: channels of the stem convolution.
       num_classes: classifier outputs.
-      residual, shortcut, ordering, zero_init_last_bn, bn_momentum, bn_epsilon, axis_name:
-        passed to every block (see resjax.models.blocks).
+      residual, shortcut, ordering, zero_init_last_bn, bn_momentum, bn_epsilon, axis_name,
+        cpu_convs: the `BlockOptions` (keyword-only), passed to every block; the shortcut
+        defaults to 'A' here.
       drop_path_rate: stochastic-depth rate of the last block; block k of L gets rate·k/L.
       dtype: computation dtype (e.g. 'bfloat16'); parameters stay float32; logits are float32.
       scan: build each stage's identical blocks with nn.scan (flat compile time in depth).
@@ -80,20 +82,11 @@ class ResNet(nn.Module):
     stem: str = "cifar"
     stem_width: int = 16
     num_classes: int = 10
-    residual: bool = True
-    shortcut: str = "A"
-    ordering: str = "post"
-    zero_init_last_bn: bool = False
-    drop_path_rate: float = 0.0
-    dtype: Any = "float32"
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    axis_name: str | None = None
     scan: bool = False
     remat: bool = False
     lesion: tuple[str, ...] = ()
     perturb_inputs: bool = False
-    cpu_convs: bool | None = None
+    shortcut: str = dataclasses.field(default="A", kw_only=True)  # the CIFAR nets' identity
 
     def __post_init__(self):
         check_choice("block kind", self.block, BLOCK_KINDS)
@@ -146,19 +139,8 @@ class ResNet(nn.Module):
         ]
 
     def _block_kwargs(self) -> dict[str, Any]:
-        return dict(
-            residual=self.residual,
-            shortcut=self.shortcut,
-            ordering=self.ordering,
-            zero_init_last_bn=self.zero_init_last_bn,
-            drop_path_rate=self.drop_path_rate,
-            dtype=jnp.dtype(self.dtype),
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-            perturb_input=self.perturb_inputs,
-            cpu_convs=self.cpu_convs,
-        )
+        options = self.block_options()
+        return {**options, "dtype": jnp.dtype(self.dtype), "perturb_input": self.perturb_inputs}
 
     def _norm(self, train: bool, name: str) -> BatchNorm:
         return BatchNorm(
