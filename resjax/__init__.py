@@ -4,7 +4,13 @@
 project can use a block without pulling in the trainer, TFDS or Orbax.
 """
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+# The version is written once, in pyproject.toml; the installed package's metadata carries it.
+try:
+    __version__ = importlib.metadata.version("resjax")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "unknown"
 
 # Before any backend starts: XLA reads XLA_FLAGS once (resjax/xla_flags.py says which and why).
 from resjax import xla_flags as _xla_flags  # noqa: E402
