@@ -28,14 +28,13 @@ unbiased one: the running variances drift apart by a factor n/(n-1), n = batch·
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 from flax import traverse_util
 
 from resjax.models import get_model, init_shapes, save_params
@@ -44,19 +43,6 @@ from resjax.models.registry import IMAGENET_STAGES
 
 SUFFIXES = (".pth", ".pt", ".npz", ".safetensors")
 TORCH_HINT = "pip install 'resjax[torch]'"
-# safetensors dtype names -> little-endian numpy dtypes. BF16 is read as raw bits and widened.
-_SAFETENSORS_DTYPES = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "BF16": "<u2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U8": "u1",
-    "BOOL": "?",
-}
 _MODULES = {"stem_conv": "conv1", "stem_bn": "bn1", "classifier": "fc"}
 _BLOCK_PARTS = {"shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"}
 _LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
@@ -210,43 +196,16 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """The format: u64 little-endian header length N, N bytes of JSON, then the raw data.
-
-    The header maps each name to {'dtype', 'shape', 'data_offsets': [begin, end]}, offsets
-    relative to the start of the data; an optional '__metadata__' entry holds strings.
-    """
-    data = path.read_bytes()
+    """Through the `safetensors` package's numpy API (no torch), which returns bfloat16 tensors
+    as ml_dtypes arrays: those are widened to float32 here."""
     try:
-        (length,) = struct.unpack("<Q", data[:8])
-        if 8 + length > len(data):
-            raise ValueError(f"header of {length} bytes but the file has {len(data)}")
-        header = json.loads(data[8 : 8 + length])
-        buffer = memoryview(data)[8 + length :]
-        tensors = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise ValueError(
-                    f"{name} has dtype {info['dtype']}; allowed: {', '.join(_SAFETENSORS_DTYPES)}"
-                )
-            dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
-            shape = tuple(info["shape"])
-            if not 0 <= begin <= end <= len(buffer):
-                raise ValueError(
-                    f"{name} lies at bytes {begin}:{end} of {len(buffer)} (truncated?)"
-                )
-            if end - begin != int(np.prod(shape)) * dtype.itemsize:
-                raise ValueError(f"{name}: {end - begin} bytes cannot hold {shape} {dtype}")
-            array = np.frombuffer(buffer[begin:end], dtype).reshape(shape)
-            if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-                array = (array.astype(np.uint32) << 16).view(np.float32)
-            tensors[name] = array
-    except Exception as e:
+        tensors = safetensors.numpy.load_file(path)
+    except Exception as e:  # SafetensorError (damaged file), OSError, or an unknown dtype
         reason = " ".join(f"{type(e).__name__}: {e}".split())
         raise ValueError(f"{path} is not a readable .safetensors file: {reason}") from None
-    return tensors
+    return {
+        k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v for k, v in tensors.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
