@@ -202,8 +202,55 @@ def test_cli_trains_a_tiny_run(fashion_mnist_dir, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 3
 
 
+def _error_with_recomputed_bn_statistics(config, workdir, batches=8, batch_size=500):
+    """Test error of a run's final weights with every BN's statistics recomputed from them: the
+    mean over `batches` training batches of each batch's own statistics (what a network with BN
+    momentum 0 stores), the reference that the running averages are judged against."""
+    from resjax import checkpoint, data, models
+
+    _, variables = checkpoint.load_variables(workdir)
+    splits = data.load_splits(
+        config.data, train_split=config.data.train_split, test_split=config.data.test_split
+    )
+    overrides = {k: v for k, v in config.model.overrides.items() if v is not None}
+    overrides.setdefault("num_classes", splits.num_classes)
+    model = models.get_model(config.model.name, dtype=config.dtype, **overrides)
+    mean, std = (splits.mean, splits.std) if splits.normalize else (None, None)
+
+    def batch(source, start):
+        end = start + batch_size
+        return data.augment.normalize(source.images[start:end], mean, std), source.labels[start:end]
+
+    def own_statistics(v, x):
+        return model.clone(bn_momentum=0.0).apply(v, x, mutable=["batch_stats"])[1]["batch_stats"]
+
+    stats = [
+        jax.jit(own_statistics)(variables, batch(splits.train, i * batch_size)[0])
+        for i in range(batches)
+    ]
+    variables = {
+        "params": variables["params"],
+        "batch_stats": jax.tree.map(lambda *s: np.mean(s, axis=0), *stats),
+    }
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    wrong = 0
+    for start in range(0, len(splits.test), batch_size):
+        images, labels = batch(splits.test, start)
+        wrong += int((np.argmax(logits(variables, images), -1) != labels).sum())
+    return wrong / len(splits.test)
+
+
 @pytest.mark.slow
 def test_loss_falls_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
+    """300 SGD steps of a width-8 ResNet-8 on Fashion-MNIST; the test error, and what it measures.
+
+    The learning rate decays to zero (cosine), as in every config shipped. At a constant 0.1 the
+    weights still moved fast at the last step, BN's running statistics (an average over the last
+    ~10 batches at momentum 0.9) lagged behind them, and the test error measured with them ranged
+    from 0.30 to 0.67 over four seeds on jax 0.10 and on 0.11 alike, while the same weights with
+    recomputed statistics gave 0.25-0.28: this test passed on jax 0.10 and failed on 0.11 (0.383)
+    by that noise. The last assertion catches it on any stack.
+    """
     config = tiny_config(
         fashion_mnist_dir,
         **{
@@ -212,6 +259,7 @@ def test_loss_falls_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
             "data.val_examples": 0,
             "model.overrides.widths": (8, 16, 16),
             "model.overrides.stem_width": 8,
+            "optim.schedule": "cosine",
             "total_steps": 300,
             "log_every_steps": 50,
             "eval_every_steps": 0,
@@ -223,7 +271,11 @@ def test_loss_falls_on_real_fashion_mnist(fashion_mnist_dir, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert losses[-1] < 0.6 * losses[0], losses
-    assert rows[-1]["test_error"] < 0.35
+    test_error = rows[-1]["test_error"]
+    assert test_error < 0.35
+    # Evaluation measures the weights, not how far the running statistics lag behind them
+    # (|difference| 0.0015-0.0075 with the cosine decay, 0.02-0.39 without; 8 runs each).
+    assert abs(test_error - _error_with_recomputed_bn_statistics(config, tmp_path)) < 0.02
 
 
 def test_diagnostics_are_logged_every_n_steps(fashion_mnist_dir, tmp_path):
