@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # launch.sh: fans a config's sweep out over this machine's accelerators, or over SLURM.
-# See `./launch.sh --help`. Plain bash; the sweep's points come from `python -m resjax.sweep list`,
-# the same enumeration as the sequential runner (`python -m resjax.train --config=SWEEP`).
+# See `./launch.sh --help`. Plain bash that runs processes; what it knows of the sweep (its points,
+# their names and flags, which are finished, the default workdir, sweep_status.json and the
+# report) comes from `python -m resjax.sweep` subcommands, the sequential runner's own code.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -55,9 +56,13 @@ Examples:
 EOF
 }
 
-die() {  # die MESSAGE [STATUS]
-  echo "$PROG: error: $1" >&2
+die() {  # die MESSAGE [STATUS]: one line, as every resjax command answers bad input
+  echo "error: $1" >&2
   exit "${2:-2}"
+}
+
+sweep() {  # sweep SUBCOMMAND ARGS...: python -m resjax.sweep (its errors are one line too)
+  "$PYTHON" -m resjax.sweep "$@"
 }
 
 say() { echo "[launch $(date +%H:%M:%S)] $*"; }
@@ -110,20 +115,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -n $spec ]] || die "no CONFIG given (usage: ./$PROG [options] CONFIG[:ARG]; see --help)"
-config_file=${spec%%:*}
-config_arg=""
-[[ $spec == *:* ]] && config_arg=${spec#*:}
-[[ -f $config_file ]] || die "config file '$config_file' does not exist"
 [[ -z $nodes || $slurm == 1 ]] || die "--nodes needs --slurm (multi-host runs go through srun)"
-if [[ -z $workdir ]]; then  # as resjax.sweep.default_workdir
-  workdir=runs/$(basename "$config_file" .py)
-  [[ -n $config_arg ]] && workdir+=_$(printf '%s' "$config_arg" | sed -E 's/[^A-Za-z0-9_.+-]+/_/g')
-fi
-workdir=${workdir%/}
 
 # ---------------------------------------------------------------- the points
-listing=$("$PYTHON" -m resjax.sweep list "$spec" ${overrides[@]+"${overrides[@]}"}) ||
-  die "could not enumerate the points of $spec (the error is above)" 1
+# On bad input (no such file, a rejected point, an unknown key) Python has said so in one line.
+default_workdir=$(sweep workdir "$spec") || exit 1
+workdir=${workdir:-$default_workdir}
+workdir=${workdir%/}
+listing=$(sweep list "$spec" ${overrides[@]+"${overrides[@]}"}) || exit 1
 names=() flags=()
 while IFS=$'\t' read -r name point_flags; do
   [[ -n $name ]] || continue
@@ -133,11 +132,21 @@ done <<<"$listing"
 [[ ${#names[@]} -gt 0 ]] || die "$spec has no points" 1
 n_points=${#names[@]}
 
+is_finished() {  # is_finished NAME: WORKDIR/NAME holds the results of this very config
+  [[ $(sweep state "$spec" "$workdir" --point="$1" ${overrides[@]+"${overrides[@]}"}) == "$1"$'\t'finished ]]
+}
+finished=()  # per point: 1 when it finished before this launch
+states=$(sweep state "$spec" "$workdir" ${overrides[@]+"${overrides[@]}"}) || exit 1
+for i in "${!names[@]}"; do
+  finished+=(0)
+  grep -qxF "${names[$i]}"$'\t'finished <<<"$states" && finished[i]=1
+done
+
 # ---------------------------------------------------------------- SLURM
 if [[ $slurm == 1 ]]; then
   todo=()
   for i in "${!names[@]}"; do
-    if [[ -f $workdir/${names[$i]}/results.json ]]; then
+    if [[ ${finished[$i]} == 1 ]]; then
       say "${names[$i]}: finished earlier (results.json), not submitted"
     else
       todo+=("$i")
@@ -147,7 +156,7 @@ if [[ $slurm == 1 ]]; then
     say "every point of $spec is finished in $workdir; nothing to submit"
     exit 0
   fi
-  job=resjax-$(basename "$config_file" .py)${config_arg:+-$(printf '%s' "$config_arg" | sed -E 's/[^A-Za-z0-9_.+-]+/_/g')}
+  job=resjax-$(basename "$default_workdir")
   script_path=$workdir/slurm/$job-$(date +%Y%m%d-%H%M%S).sbatch
   abs_workdir=$workdir
   [[ $workdir == /* ]] || abs_workdir=$PWD/$workdir
@@ -183,6 +192,11 @@ if [[ $slurm == 1 ]]; then
     echo ")"
     printf 'workdir=%q\n' "$abs_workdir"
     printf 'python=%q\n' "$("$PYTHON" -c 'import sys; print(sys.executable)')"
+    echo "# Whether a point finished: python -m resjax.sweep state SPEC WORKDIR --point=NAME OVERRIDES"
+    printf 'spec=%q\n' "$spec"
+    echo "overrides=("
+    for o in ${overrides[@]+"${overrides[@]}"}; do printf '  %q\n' "$o"; done
+    echo ")"
     cat <<'EOF'
 i=${SLURM_ARRAY_TASK_ID:?run this script with sbatch}
 name=${names[$i]}
@@ -195,7 +209,8 @@ echo "=== $(date -Iseconds) SLURM job ${SLURM_JOB_ID:-?} (array ${SLURM_ARRAY_JO
 trap 'echo "=== batch shell got SIGTERM; waiting for the point to checkpoint" >>"$log"' TERM
 rc=0
 srun --kill-on-bad-exit=1 "$python" -m resjax.train "${args[@]}" --workdir="$dir" >>"$log" 2>&1 || rc=$?
-if [[ $rc -eq 0 && ! -f $dir/results.json ]]; then
+state=$("$python" -m resjax.sweep state "$spec" "$workdir" --point="$name" ${overrides[@]+"${overrides[@]}"} 2>>"$log") || state=
+if [[ $rc -eq 0 && $state != "$name"$'\t'finished ]]; then
   echo "=== $name stopped before the end (preempted or out of time): requeued" >>"$log"
   scontrol requeue "$SLURM_JOB_ID"
 fi
@@ -290,9 +305,16 @@ fi
 # ---------------------------------------------------------------- run
 mkdir -p "$workdir"
 say "$spec: $n_points point(s) in $workdir; $what"
-declare -A pid_of_slot=() point_of_slot=() start_of_slot=() log_offset_of_slot=()
-status=() elapsed=() error_of=()
-for i in "${!names[@]}"; do status+=(pending); elapsed+=(0); error_of+=(""); done
+declare -A pid_of_slot=() point_of_slot=() start_of_slot=()
+status=() elapsed=()
+for i in "${!names[@]}"; do
+  status+=(pending)
+  elapsed+=(0)
+  if [[ ${finished[$i]} == 1 ]]; then
+    status[i]=skipped
+    say "skipped  ${names[$i]}  (finished earlier)"
+  fi
+done
 stopping=0
 t_start=$SECONDS
 
@@ -315,6 +337,7 @@ next=0
 while :; do
   # Start points in free slots.
   for ((s = 0; s < n_slots; s++)); do
+    while [[ $next -lt $n_points && ${status[$next]} == skipped ]]; do next=$((next + 1)); done
     [[ $stopping == 0 && $next -lt $n_points && -z ${pid_of_slot[$s]:-} ]] || continue
     i=$next
     next=$((next + 1))
@@ -325,7 +348,6 @@ while :; do
     env_words=()
     [[ -n ${slot_env[$s]} ]] && read -r -a env_words <<<"${slot_env[$s]}"
     echo "=== $(date -Iseconds) launch.sh slot $s ${slot_env[$s]}: $(printf '%q ' "${cmd[@]}")" >>"$log"
-    log_offset_of_slot[$s]=$(wc -c <"$log")
     # A background child of a non-interactive shell ignores SIGINT: stop_all sends SIGTERM.
     env ${env_words[@]+"${env_words[@]}"} "${cmd[@]}" >>"$log" 2>&1 </dev/null &
     pid_of_slot[$s]=$!
@@ -346,23 +368,15 @@ while :; do
     elapsed[$i]=$((SECONDS - start_of_slot[$s]))
     took=$(duration "${elapsed[$i]}")
     dir=$workdir/${names[$i]}
-    if [[ $rc -eq 0 && -f $dir/results.json ]]; then
-      status[$i]=finished
-      if tail -c +$((log_offset_of_slot[$s] + 1)) "$dir/log.txt" | grep -q "already finished at step"; then
-        status[$i]=skipped
-        say "skipped  ${names[$i]}  (finished earlier)"
-      else
-        say "finished ${names[$i]}  in $took"
-      fi
-    elif [[ $rc -eq 0 ]]; then
-      status[$i]=interrupted
-      say "stopped  ${names[$i]}  after $took (checkpointed; rerun to resume)  log: $dir/log.txt"
-    else
-      status[$i]=failed:$rc
-      # The point's last words (absl log lines and launch.sh headers left out).
-      error_of[$i]=$(tail -c +$((log_offset_of_slot[$s] + 1)) "$dir/log.txt" |
-        grep -Ev '^([IWEF][0-9]{4} |===|$)' | tail -n 1 | cut -c 1-160 || true)
+    if [[ $rc -ne 0 ]]; then
+      status[i]=failed:$rc
       say "FAILED   ${names[$i]}  (exit $rc) after $took  log: $dir/log.txt"
+    elif is_finished "${names[$i]}"; then
+      status[i]=finished
+      say "finished ${names[$i]}  in $took"
+    else
+      status[i]=interrupted
+      say "stopped  ${names[$i]}  after $took (checkpointed; rerun to resume)  log: $dir/log.txt"
     fi
   done
   sleep "$POLL_S" || true
@@ -370,61 +384,17 @@ done
 trap - INT TERM
 
 # ---------------------------------------------------------------- summary
-n_ok=0 n_failed=0 n_other=0
+# sweep_status.json as the sequential runner writes it, the report, and the summary: Python's.
+outcomes=() n_failed=0
 for i in "${!names[@]}"; do
   case ${status[$i]} in
-    finished | skipped) n_ok=$((n_ok + 1)) ;;
-    failed:*) n_failed=$((n_failed + 1)) ;;
-    *) n_other=$((n_other + 1)) ;;
+    finished | interrupted) outcomes+=("${names[$i]}=${status[$i]}:${elapsed[$i]}") ;;
+    failed:*) outcomes+=("${names[$i]}=failed:${status[$i]#failed:}:${elapsed[$i]}"); n_failed=$((n_failed + 1)) ;;
+    *) outcomes+=("${names[$i]}=${status[$i]}") ;;
   esac
 done
-# sweep_status.json as the sequential runner writes it, then its report (resjax.report).
-rows=()
-for i in "${!names[@]}"; do
-  rows+=("${names[$i]}"$'\t'"${status[$i]}"$'\t'"${elapsed[$i]}"$'\t'"${flags[$i]}")
-done
-status_py=$(cat <<'PY'
-import datetime, json, sys
-from pathlib import Path
-
-workdir, wall, command = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-points = {}
-for line in sys.argv[4:]:
-    name, state, seconds, flags = line.split("\t", 3)
-    entry = {"status": "finished" if state in ("finished", "skipped") else state.split(":")[0],
-             "flags": flags, "log": str(workdir / name / "log.txt")}
-    if state == "finished":
-        entry["wall_time_s"] = float(seconds)
-    if state.startswith("failed"):
-        tail = [l for l in (workdir / name / "log.txt").read_text(errors="replace").splitlines()
-                if l.strip() and not l.startswith(("I", "W", "==="))]
-        entry["error"] = (tail[-1] if tail else f"exit status {state.split(':')[1]}")[:500]
-    points[name] = entry
-now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-status = {"command": command, "launcher": "launch.sh", "finished": now, "wall_time_s": wall,
-          "points": points}
-tmp = workdir / "sweep_status.json.tmp"
-tmp.write_text(json.dumps(status, indent=2) + "\n")
-tmp.replace(workdir / "sweep_status.json")
-try:
-    from resjax import report
-    print(f"[launch] report: {report.write_report(workdir)['markdown']}")
-except Exception as e:  # the report must not hide the sweep's outcome
-    print(f"[launch] the report could not be written: {type(e).__name__}: {e}")
-PY
-)
-"$PYTHON" -c "$status_py" "$workdir" "$((SECONDS - t_start))" "$PROG $spec" "${rows[@]}" || true
-say "done in $(duration $((SECONDS - t_start))): $n_ok of $n_points finished, $n_failed failed, $n_other not run or stopped"
-for i in "${!names[@]}"; do
-  case ${status[$i]} in
-    failed:*)
-      echo "  FAILED      ${names[$i]}  (exit ${status[$i]#failed:})  log: $workdir/${names[$i]}/log.txt"
-      [[ -n ${error_of[$i]} ]] && echo "              ${error_of[$i]}"
-      ;;
-    interrupted) echo "  stopped     ${names[$i]}  (checkpointed; rerun to resume)  log: $workdir/${names[$i]}/log.txt" ;;
-    pending) echo "  not run     ${names[$i]}" ;;
-  esac
-done
+sweep record "$spec" "$workdir" "${outcomes[@]}" --wall-time="$((SECONDS - t_start))" \
+  ${overrides[@]+"${overrides[@]}"} || true
 if [[ $stopping == 1 ]]; then
   exit 130
 elif [[ $n_failed -gt 0 ]]; then

@@ -183,17 +183,17 @@ def make_resjax_step(depth: int = 20, batch_size: int = 128):
     config.model.name = f"resnet{depth}"
     config.batch_size = batch_size
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    trainer, state, batch, _ = bench.prepare(config, mesh, (32, 32, 3), 10)
+    parallel, state, batch, _ = bench.prepare(config, mesh, (32, 32, 3), 10)
     n_params = sum(v.size for v in jax.tree.leaves(state.params))
-    metrics = trainer.empty_metrics()
+    metrics = parallel.empty_metrics()
     t0 = time.perf_counter()
-    trainer._step.lower(state, batch, metrics).compile()
+    parallel.step_fn.lower(state, batch, metrics).compile()
     compile_s = time.perf_counter() - t0
-    box = [trainer.device_state(state), metrics]
+    box = [parallel.device_state(state), metrics]
 
     def run(k: int) -> float:
         for _ in range(k):
-            box[0], box[1] = trainer.step(box[0], batch, box[1])
+            box[0], box[1] = parallel.step(box[0], batch, box[1])
         return float(jax.block_until_ready(box[1]["loss"]))
 
     return run, n_params, compile_s

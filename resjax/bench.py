@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -26,9 +25,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resjax import optim, train, xla_flags
+from resjax import cli, data, optim, xla_flags
 from resjax.config import base_config
 from resjax.models.registry import IMAGENET_STAGES
+from resjax.training import parallel
+from resjax.training.step import create_train_state
 
 # Dense bf16 peak FLOP/s by device kind (NVIDIA datasheets; sparsity excluded).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -95,14 +96,15 @@ def _timed_windows(run_window, windows: int) -> list[float]:
 
 
 def prepare(config, mesh: Mesh, shape: tuple[int, ...], num_classes: int):
-    """(trainer, state, batch, init seconds): resjax's train step for `config` on `mesh`, with
-    a fixed synthetic batch of `config.batch_size` images on the devices."""
-    model = train.build_model(config, num_classes)
-    trainer = train.Trainer(config, mesh)
+    """(parallel, state, batch, init seconds): resjax's train step for `config` on `mesh` (the
+    parallelism `config` asks for), with a fixed synthetic batch of `config.batch_size` images
+    on the devices."""
+    par = parallel.for_config(config, mesh)
+    model = par.build_model(config, num_classes)
     tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 10**6, ()))
 
     t0 = time.perf_counter()
-    state = train.create_train_state(config, model, tx, shape, trainer.replicated)
+    state = create_train_state(config, model, tx, shape, par.replicated)
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
 
@@ -115,7 +117,7 @@ def prepare(config, mesh: Mesh, shape: tuple[int, ...], num_classes: int):
             rng.integers(0, num_classes, size).astype(np.int32), batch_sharding
         ),
     }
-    return trainer, state, batch, init_s
+    return par, state, batch, init_s
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,19 +127,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mesh = Mesh(np.array(devices), ("data",))
     splits = None
     if args.real_data:
-        from resjax import data
-
         splits = data.load_splits(config.data)
         shape, num_classes = splits.image_shape, splits.num_classes
     else:
         imagenet = args.model in {f"resnet{d}" for d in IMAGENET_STAGES}
         shape = (224, 224, 3) if imagenet else (32, 32, 3)
         num_classes = 1000 if imagenet else 10
-    trainer, state, batch, init_s = prepare(config, mesh, shape, num_classes)
-    metrics = trainer.empty_metrics()
+    par, state, batch, init_s = prepare(config, mesh, shape, num_classes)
+    metrics = par.empty_metrics()
     if args.parallelism == "jit":
         t0 = time.perf_counter()
-        compiled = trainer._step.lower(state, batch, metrics).compile()
+        compiled = par.step_fn.lower(state, batch, metrics).compile()
         compile_s = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
@@ -165,15 +165,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.compile_only:
         return {**result, **_memory()}
-    state = trainer.device_state(state)
+    state = par.device_state(state)
     for _ in range(args.warmup):
-        state, metrics = trainer.step(state, batch, metrics)
+        state, metrics = par.step(state, batch, metrics)
     jax.block_until_ready(metrics)
 
     def synthetic_window():
         nonlocal state, metrics
         for _ in range(args.steps):
-            state, metrics = trainer.step(state, batch, metrics)
+            state, metrics = par.step(state, batch, metrics)
         return metrics
 
     times = _timed_windows(synthetic_window, args.windows)
@@ -187,22 +187,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if peak and np.isfinite(flops):
         result["mfu"] = flops / step_s / (peak * len(devices))
     if args.real_data:
-        from resjax import data
-
         it = data.TrainIterator(
             splits,
             global_batch_size=args.batch,
             seed=0,
             data_config=config.data,
-            mesh=None if args.parallelism == "pmap" else mesh,
+            mesh=par.data_mesh,
         )
         for _ in range(args.warmup):
-            state, metrics = trainer.step(state, next(it), metrics)
+            state, metrics = par.step(state, next(it), metrics)
 
         def real_window():
             nonlocal state, metrics
             for _ in range(args.steps):
-                state, metrics = trainer.step(state, next(it), metrics)
+                state, metrics = par.step(state, next(it), metrics)
             return metrics
 
         real = _timed_windows(real_window, args.windows)
@@ -254,14 +252,14 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m resjax.bench", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m resjax.bench", description=__doc__.split("\n")[0])
     p.add_argument(
         "--model", default="resnet20", help="a registered name (resjax.models.list_models)"
     )
     p.add_argument("--batch", type=int, default=128, help="global batch size")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--devices", type=int, default=0, help="devices to use (0: all)")
-    p.add_argument("--parallelism", default="jit", choices=train.PARALLELISMS)
+    p.add_argument("--parallelism", default="jit", choices=parallel.PARALLELISMS)
     p.add_argument("--steps", type=int, default=10, help="steps per timed window")
     p.add_argument("--windows", type=int, default=5, help="timed windows (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
@@ -284,18 +282,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if args.json:
+    return cli.run(lambda: _report(run(args), args.json))
+
+
+def _report(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result))
     else:
         _print(result)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,9 +13,9 @@ gradient norm at its input, its parameters' gradient norm and ‖F(x)‖/‖x‖
 removes each block in turn at test time (residual: output = shortcut; plain: the block is
 skipped), then k random blocks, and writes DIR/lesion.png, lesion.json and a table per run.
 
-For the sweep report: `run_block_diagnostics(workdir)` (per-block numbers of one run, from its
-logged diagnostics or its checkpoint), `diagnostics_rows(workdirs)` and
-`plot_depth_diagnostics(workdirs, path)`.
+`run_block_diagnostics(workdir)` gives the per-block numbers of one run at the end of training,
+from its logged diagnostics or its checkpoint (the sweep report reads the logged ones itself,
+resjax.sweeps.report). Bad input is answered with one `error:` line (resjax.cli).
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-from resjax import data, diagnostics, models
+from resjax import checkpoint, cli, data, diagnostics, models
+from resjax.config import model_overrides
+from resjax.workdir import BLOCK_METRICS, CONFIG, logged_diagnostics, unflatten_diagnostics
 
 DEFAULT_DEPTHS = (20, 56, 110)  # He et al. 2015's CIFAR plain/residual comparison (Fig. 6)
 DEFAULT_KS = (1, 2, 4, 8, 12, 16, 20)  # blocks removed at random (Veit et al. 2016, Fig. 5)
@@ -41,9 +45,8 @@ DEFAULT_KS = (1, 2, 4, 8, 12, 16, 20)  # blocks removed at random (Veit et al. 2
 
 
 def _base_model(config: ml_collections.ConfigDict, num_classes: int) -> models.ResNet:
-    from resjax import train  # train imports checkpoint/Orbax: only the CLI paths need it
-
-    return train.build_model(config, num_classes).clone(axis_name=None)
+    """The configured network, as on one device (no BatchNorm axis name)."""
+    return models.get_model(config.model.name, **model_overrides(config, num_classes))
 
 
 def _first_batch(splits: data.Splits, batch_size: int) -> dict[str, jax.Array]:
@@ -169,9 +172,7 @@ def plot_init(results: dict[str, Any], path: Path) -> None:
 
 
 def load_run(workdir: str | Path, which: str = "latest"):
-    """(config, model, variables) of a trained run, from its checkpoint."""
-    from resjax import checkpoint
-
+    """(config, splits, model, variables) of a trained run, from its checkpoint."""
     config, variables = checkpoint.load_variables(workdir, which=which)
     splits = data.load_splits(
         config.data, train_split=config.data.train_split, test_split=config.data.test_split
@@ -282,19 +283,7 @@ def plot_lesion(results: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-# --- for the sweep report ---
-
-
-def _last_logged_diagnostics(workdir: Path) -> tuple[int, dict[str, dict[str, float]]] | None:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    last = None
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if any(k.startswith(diagnostics.PREFIX + "/") for k in row):
-            last = row
-    return None if last is None else (int(last["step"]), diagnostics.unflatten(last))
+# --- one run at the end of training ---
 
 
 def run_block_diagnostics(workdir: str | Path, *, compute: bool = True) -> dict[str, Any]:
@@ -307,105 +296,45 @@ def run_block_diagnostics(workdir: str | Path, *, compute: bool = True) -> dict[
     'blocks': [{'block', 'index', 'relative_depth', **BLOCK_METRICS}]}; None-free.
     """
     workdir = Path(workdir)
-    logged = _last_logged_diagnostics(workdir)
+    logged = logged_diagnostics(workdir)
     if logged is not None:
-        step, per_block = logged
-        config = json.loads((workdir / "config.json").read_text())
-        overrides = {k: v for k, v in config["model"]["overrides"].items() if v is not None}
-        model = models.get_model(config["model"]["name"], **overrides)
-        source = "logged"
+        config = ml_collections.ConfigDict(json.loads((workdir / CONFIG).read_text()))
+        model = _base_model(config, 10)  # for its depth and kind only
+        step, blocks, source = logged["step"], logged["blocks"], "logged"
     elif compute:
         config, splits, model, variables = load_run(workdir)
         batch = _first_batch(splits, config.batch_size)
         fn = jax.jit(diagnostics.make_block_diagnostics(model))
         values = jax.device_get(fn(variables["params"], variables["batch_stats"], batch))
-        per_block = diagnostics.unflatten({k: float(v) for k, v in values.items()})
-        step = _checkpoint_step(workdir)
-        source = "checkpoint"
+        per_block = unflatten_diagnostics({k: float(v) for k, v in values.items()})
+        names = model.block_names()
+        blocks = [
+            {
+                "block": name,
+                "index": k,
+                "relative_depth": (k + 0.5) / len(names),
+                **{m: per_block[name][m] for m in BLOCK_METRICS},
+            }
+            for k, name in enumerate(names)
+        ]
+        step, source = _checkpoint_step(workdir), "checkpoint"
     else:
         raise FileNotFoundError(f"{workdir}/metrics.jsonl holds no diagnostics (diag/...) rows")
-    names = model.block_names()
-    rows = [
-        {
-            "block": name,
-            "index": k,
-            "relative_depth": (k + 0.5) / len(names),
-            **{m: float(per_block[name][m]) for m in diagnostics.BLOCK_METRICS},
-        }
-        for k, name in enumerate(names)
-    ]
     return {
         "label": _label(model),
         "depth": model.depth,
         "residual": bool(model.residual),
         "step": step,
         "source": source,
-        "blocks": rows,
+        "blocks": blocks,
     }
 
 
 def _checkpoint_step(workdir: Path) -> int | None:
-    from resjax import checkpoint
-
     try:
         return checkpoint.Checkpointer(workdir).latest_step()
-    except Exception:  # the step only labels the report's row: not worth failing for
+    except Exception:  # the step only labels the result: not worth failing for
         return None
-
-
-def diagnostics_rows(workdirs: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """One row per run for the report's table: net, depth, step, and per-block summaries —
-    gradient norm of the first/middle/last block and their ratio first/last, mean and max of
-    ‖F(x)‖/‖x‖ over the blocks."""
-    rows = []
-    for workdir in workdirs:
-        d = run_block_diagnostics(workdir)
-        b = d["blocks"]
-        grad = [r["grad_norm"] for r in b]
-        ratio = [r["branch_ratio"] for r in b]
-        rows.append(
-            {
-                "run": str(workdir),
-                "net": d["label"],
-                "depth": d["depth"],
-                "residual": d["residual"],
-                "step": d["step"],
-                "grad_norm_first": grad[0],
-                "grad_norm_middle": grad[len(grad) // 2],
-                "grad_norm_last": grad[-1],
-                "grad_norm_first_over_last": grad[0] / grad[-1] if grad[-1] else float("inf"),
-                "branch_ratio_mean": float(np.mean(ratio)),
-                "branch_ratio_max": float(np.max(ratio)),
-            }
-        )
-    return rows
-
-
-def plot_depth_diagnostics(workdirs: Sequence[str | Path], path: str | Path) -> None:
-    """Per-block gradient norm (log) and ‖F(x)‖/‖x‖ against relative depth, one line per run:
-    plain dashed, residual solid, one colour per depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [run_block_diagnostics(w) for w in workdirs]
-    colors = _depth_colors([r["depth"] for r in runs])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for r in runs:
-        x = [b["relative_depth"] for b in r["blocks"]]
-        style = dict(ls="-" if r["residual"] else "--", color=colors[r["depth"]], label=r["label"])
-        axes[0].plot(x, [b["grad_norm"] for b in r["blocks"]], **style)
-        axes[1].plot(x, [b["branch_ratio"] for b in r["blocks"]], **style)
-    axes[0].set(yscale="log", title="‖∂L/∂θ‖ per block, end of training")
-    axes[1].set(title="‖F(x)‖ / ‖x‖ per block, end of training")
-    for ax in axes:
-        ax.set_xlabel("relative depth of block (input → output)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --- CLI ---
@@ -415,64 +344,66 @@ def _ints(text: str | None) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()] if text else []
 
 
-def main(argv: list[str]) -> None:
-    import sys
+FLAGS = flags.FLAGS
 
-    from absl import flags
 
-    f = flags.FLAGS
+def main(argv: list[str]) -> int:
+    """The command, its flags parsed (`python -m resjax.diagnose --help` lists them)."""
+    return cli.run(lambda: _diagnose(argv))
+
+
+def _diagnose(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-    out = Path(f.out) if f.out else None
-    try:
-        if f.lesion:
-            if not f.workdir:
-                raise ValueError("--lesion needs --workdir=RUN[,RUN...] (trained runs)")
-            workdirs = [w for w in f.workdir.split(",") if w]
-            out = out or Path(workdirs[0]) / "lesion"
-            out.mkdir(parents=True, exist_ok=True)
-            ks = _ints(f.lesion_ks) if f.lesion_ks is not None else list(DEFAULT_KS)
-            results = [
-                lesion_run(
-                    w, which=f.which, ks=ks, trials=f.lesion_trials, examples=f.lesion_examples
-                )
-                for w in workdirs
-            ]
-            (out / "lesion.json").write_text(json.dumps(results, indent=1))
-            tables = "\n".join(lesion_table(r) for r in results)
-            (out / "lesion.md").write_text(tables)
-            plot_lesion(results, out / "lesion.png")
-            print(tables)
-            print(f"wrote {out}/lesion.png, lesion.json, lesion.md")
-            return
-        if f.config is None:
-            raise ValueError(
-                "give --config=FILE[:ARG] (init diagnostics) or --lesion --workdir=RUN"
-            )
-        depths = _ints(f.depths)
-        if not depths:
-            config_depth = _base_model(f.config, 10).depth
-            depths = sorted({config_depth, *DEFAULT_DEPTHS})
-        out = out or Path("diagnostics_init")
-        results = init_diagnostics(f.config, depths, batch_size=f.batch_size or None)
-        write_init(results, out)
-        for r in results["runs"]:
-            g = r["input_grad_norm"]
-            print(
-                f"{r['label']:>11}: ‖∂ℓ/∂x‖ first/last block {g[0]:.3g}/{g[-1]:.3g} "
-                f"(×{g[0] / g[-1]:.3g}), output std first/last {r['output_std'][0]:.3g}/"
-                f"{r['output_std'][-1]:.3g}, mean ‖F(x)‖/‖x‖ {np.mean(r['branch_ratio']):.3g}"
-            )
-        print(f"wrote {out}/init_signal.png, init_signal.json, init_signal.csv")
-    except (ValueError, OSError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.lesion:
+        _lesion_command(Path(FLAGS.out) if FLAGS.out else None)
+    elif FLAGS.config is None:
+        raise cli.CommandError(
+            "give --config=FILE[:ARG] (init diagnostics) or --lesion --workdir=RUN"
+        )
+    else:
+        _init_command(Path(FLAGS.out or "diagnostics_init"))
+    return 0
 
 
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
+def _lesion_command(out: Path | None) -> None:
+    if not FLAGS.workdir:
+        raise cli.CommandError("--lesion needs --workdir=RUN[,RUN...] (trained runs)")
+    workdirs = [w for w in FLAGS.workdir.split(",") if w]
+    out = out or Path(workdirs[0]) / "lesion"
+    out.mkdir(parents=True, exist_ok=True)
+    ks = _ints(FLAGS.lesion_ks) if FLAGS.lesion_ks is not None else list(DEFAULT_KS)
+    results = [
+        lesion_run(
+            w, which=FLAGS.which, ks=ks, trials=FLAGS.lesion_trials, examples=FLAGS.lesion_examples
+        )
+        for w in workdirs
+    ]
+    (out / "lesion.json").write_text(json.dumps(results, indent=1))
+    tables = "\n".join(lesion_table(r) for r in results)
+    (out / "lesion.md").write_text(tables)
+    plot_lesion(results, out / "lesion.png")
+    print(tables)
+    print(f"wrote {out}/lesion.png, lesion.json, lesion.md")
 
+
+def _init_command(out: Path) -> None:
+    depths = _ints(FLAGS.depths)
+    if not depths:
+        depths = sorted({_base_model(FLAGS.config, 10).depth, *DEFAULT_DEPTHS})
+    results = init_diagnostics(FLAGS.config, depths, batch_size=FLAGS.batch_size or None)
+    write_init(results, out)
+    for r in results["runs"]:
+        g = r["input_grad_norm"]
+        print(
+            f"{r['label']:>11}: ‖∂ℓ/∂x‖ first/last block {g[0]:.3g}/{g[-1]:.3g} "
+            f"(×{g[0] / g[-1]:.3g}), output std first/last {r['output_std'][0]:.3g}/"
+            f"{r['output_std'][-1]:.3g}, mean ‖F(x)‖/‖x‖ {np.mean(r['branch_ratio']):.3g}"
+        )
+    print(f"wrote {out}/init_signal.png, init_signal.json, init_signal.csv")
+
+
+def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Config file[:ARG] (init diagnostics).")
     flags.DEFINE_string(
         "depths", None, "Comma-separated depths; default: the config's + 20,56,110."
@@ -488,7 +419,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    define_flags()
+    app.run(main, flags_parser=cli.absl_flags_parser)

@@ -1,6 +1,7 @@
 """Per-block diagnostics of a ResNet: gradient flow, residual-branch size, lesions.
 
-Pure functions of (model, variables, batch); `resjax.diagnose` is the CLI and draws the figures.
+Pure functions of (model, variables, batch); `resjax.diagnose` is the CLI and draws the figures,
+and resjax.workdir reads what training logged of them.
 
     diag = jax.jit(make_block_diagnostics(model))       # model as built for training
     metrics = diag(state.params, state.batch_stats, batch)   # {'diag/stage1_block1/grad_norm': ...}
@@ -29,13 +30,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from resjax.loss import cross_entropy
 from resjax.models import ResNet
 from resjax.models.blocks import _Block
-
-PREFIX = "diag"
-BLOCK_METRICS = ("grad_norm", "input_grad_norm", "branch_ratio", "branch_std", "last_bn_gamma")
+from resjax.workdir import flatten_diagnostics
 
 Tree = Any
 
@@ -104,25 +103,6 @@ def _sown(name: str) -> Callable[[Tree], jax.Array]:
     return lambda sub: sub[name][0]  # sow keeps a tuple of the values it was given
 
 
-def flatten(values: dict[str, dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    """{metric: {block: v}} -> {'diag/{block}/{metric}': v} (MetricWriter's flat scalars)."""
-    return {
-        f"{PREFIX}/{block}/{metric}": v
-        for metric, blocks in values.items()
-        for block, v in blocks.items()
-    }
-
-
-def unflatten(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{'diag/{block}/{metric}': v, ...} (other keys ignored) -> {block: {metric: v}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, v in row.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == PREFIX:
-            out.setdefault(parts[1], {})[parts[2]] = v
-    return out
-
-
 # --- the training hook ---
 
 
@@ -136,13 +116,6 @@ def _zero_perturbations(probe: ResNet, images: jax.Array) -> Tree:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["perturbations"])
 
 
-def _loss(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing:
-        targets = targets * (1.0 - label_smoothing) + label_smoothing / logits.shape[-1]
-    return optax.softmax_cross_entropy(logits, targets).mean()
-
-
 def make_block_diagnostics(
     model: ResNet, *, label_smoothing: float = 0.0
 ) -> Callable[[Tree, Tree, dict[str, jax.Array]], dict[str, jax.Array]]:
@@ -151,7 +124,7 @@ def make_block_diagnostics(
     `model` is the network as trained (unrolled or scanned, residual or plain, any ordering);
     the function adds the input perturbations itself. `batch` is {'image': [B,H,W,C],
     'label': [B]}; one forward and backward pass of the whole batch, BatchNorm on batch
-    statistics. Metrics: see the module docstring (`BLOCK_METRICS`).
+    statistics. Metrics: see the module docstring (`resjax.workdir.BLOCK_METRICS`).
     """
     probe = _probe(model)
 
@@ -166,7 +139,7 @@ def make_block_diagnostics(
                 train=True,
                 mutable=["batch_stats", "diagnostics"],
             )
-            return _loss(logits, labels, label_smoothing), state["diagnostics"]
+            return cross_entropy(logits, labels, label_smoothing).mean(), state["diagnostics"]
 
         (_, sown), (param_grads, input_grads) = jax.value_and_grad(
             loss_fn, argnums=(0, 1), has_aux=True
@@ -183,7 +156,7 @@ def make_block_diagnostics(
             "branch_std": per_block(model, sown, _sown("branch_std")),
             "last_bn_gamma": per_block(model, params, _last_bn_gamma),
         }
-        return flatten(values)
+        return flatten_diagnostics(values)
 
     return diagnostics
 
@@ -221,7 +194,7 @@ def signal_profile(
                 isinstance(mdl, _Block) and method == "__call__"
             ),
         )
-        return _loss(logits, labels, 0.0), (state["diagnostics"], state["intermediates"])
+        return cross_entropy(logits, labels).mean(), (state["diagnostics"], state["intermediates"])
 
     (loss, (sown, inter)), (param_grads, input_grads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True

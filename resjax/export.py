@@ -3,17 +3,19 @@
     python -m resjax.export --workdir=runs/r56 --out=r56.msgpack [--which=best] [--overwrite]
 
 The file holds params, batch_stats, the model name and overrides, and the run's config;
-`resjax.models.load_params(FILE).model()` rebuilds the network without resjax's trainer.
+`resjax.models.load_params(FILE).model()` rebuilds the network without resjax's trainer. Bad
+input is answered with one `error:` line (resjax.cli).
 """
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from resjax import checkpoint, train
+from resjax import checkpoint, cli
+from resjax.config import model_overrides
 from resjax.models import save_params
 
 
@@ -25,30 +27,23 @@ def export(workdir: str | Path, out: str | Path, which: str = "latest", overwrit
         out,
         variables,
         model_name=config.model.name,
-        model_overrides=train.model_overrides(config, num_classes),
+        model_overrides=model_overrides(config, num_classes),
         config=config,
         overwrite=overwrite,
     )
 
 
-def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m resjax.export", description=__doc__.split("\n")[0]
-    )
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="python -m resjax.export", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a training run's workdir")
     parser.add_argument("--out", required=True, help="FILE.msgpack or FILE.npz")
     parser.add_argument("--which", choices=("latest", "best"), default="latest")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    try:
-        path = export(args.workdir, args.out, args.which, args.overwrite)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(f"wrote {path}")
+    return cli.run(
+        lambda: print(f"wrote {export(args.workdir, args.out, args.which, args.overwrite)}")
+    )
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""resjax.report: tables and plots from a hand-made sweep workdir (no training)."""
+"""resjax.sweeps.report and `python -m resjax.report`: tables and plots from a hand-made sweep
+workdir (no training)."""
 
 import csv
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resjax import report
+from resjax.sweeps import report
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -105,7 +106,10 @@ def test_report_without_status_file_and_family_labels(tmp_path):
 
 
 def test_cli_and_import_without_jax(sweep_dir):
-    code = "import sys, resjax.report; assert 'jax' not in sys.modules, 'jax imported'"
+    code = (
+        "import sys, resjax.report, resjax.sweep, resjax.sweeps.report; "
+        "assert 'jax' not in sys.modules, 'jax imported'"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
     result = subprocess.run(
         [sys.executable, "-m", "resjax.report", str(sweep_dir)],
@@ -123,12 +127,12 @@ def test_cli_and_import_without_jax(sweep_dir):
 def test_report_gains_a_diagnostics_section_from_logged_rows(fashion_mnist_dir, tmp_path):
     from test_train import tiny_config
 
-    from resjax import train
+    from resjax.training import train_and_evaluate
 
     for name, residual in (("plain_d8_s0", False), ("resnet_d8_s0", True)):
         config = tiny_config(fashion_mnist_dir, diagnostics_every_steps=4, eval_every_steps=0)
         config.model.overrides.residual = residual
-        train.train_and_evaluate(config, tmp_path / name)
+        train_and_evaluate(config, tmp_path / name)
     paths = report.write_report(tmp_path)
     text = paths["markdown"].read_text()
     assert "## Gradient flow at the end of training" in text

@@ -1,4 +1,5 @@
-"""resjax.sweep: enumeration, naming, key checking, running (skip, resume, failure), CLIs."""
+"""resjax.sweeps and `python -m resjax.sweep`: enumeration, naming, key checking, running (skip,
+resume, failure), the subcommands launch.sh uses."""
 
 import json
 import subprocess
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from resjax import sweep, train
-from resjax.metric_writer import MetricWriter
+from resjax.sweeps import points as sweep_points
+from resjax.sweeps import runner
+from resjax.training import train_and_evaluate
+from resjax.training.metric_writer import MetricWriter
+from resjax.workdir import STATUS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPTH_SWEEP = str(ROOT / "configs" / "depth_sweep.py")
@@ -49,45 +53,47 @@ def tiny_sweep(tmp_path):
 
 
 def test_default_depth_sweep_points_and_names():
-    points = sweep.enumerate_points(DEPTH_SWEEP)
+    points = sweep_points.enumerate_points(DEPTH_SWEEP)
     assert [p.name for p in points] == [
         "plain_d8_s0", "plain_d20_s0", "plain_d56_s0", "resnet_d8_s0", "resnet_d20_s0",
         "resnet_d56_s0",
     ]  # fmt: skip
     p56 = points[2]
-    assert p56.arg == "depth=56,plain=1,seed=0" and p56.depth == 56
+    assert p56.arg == "depth=56,plain=1,seed=0" and runner.model_depth(p56.config) == 56
     assert p56.flags() == [f"--config={DEPTH_SWEEP}:depth=56,plain=1,seed=0"]
     assert p56.config.is_locked and p56.config.model.name == "plain56"
     # The point string alone rebuilds the same config (STYLE habit 3).
-    again = sweep.enumerate_points(DEPTH_SWEEP, "depth=56,plain=1")
+    again = sweep_points.enumerate_points(DEPTH_SWEEP, "depth=56,plain=1")
     assert [p.name for p in again] == ["plain_d56_s0"]
     assert again[0].config.to_dict() == p56.config.to_dict()
-    assert not sweep.is_sweep(DEPTH_SWEEP, "depth=56,plain=1") and sweep.is_sweep(DEPTH_SWEEP, None)
+    assert not sweep_points.is_sweep(DEPTH_SWEEP, "depth=56,plain=1") and sweep_points.is_sweep(
+        DEPTH_SWEEP, None
+    )
 
 
 def test_named_sweeps():
-    cifar = sweep.enumerate_points(DEPTH_SWEEP, "cifar10")
+    cifar = sweep_points.enumerate_points(DEPTH_SWEEP, "cifar10")
     assert len(cifar) == 10 and cifar[0].name == "cifar10_plain_d20_s0"
-    assert sorted({p.depth for p in cifar}) == [20, 32, 44, 56, 110]
+    assert sorted({runner.model_depth(p.config) for p in cifar}) == [20, 32, 44, 56, 110]
     r110 = next(p.config for p in cifar if p.name == "cifar10_resnet_d110_s0")
     assert r110.data.name == "cifar10" and r110.total_steps == 64_000
     assert (r110.optim.warmup_steps, r110.optim.warmup_lr) == (400, 0.01)  # He et al. sec. 4.2
-    pre = [p.name for p in sweep.enumerate_points(DEPTH_SWEEP, "preact")]
+    pre = [p.name for p in sweep_points.enumerate_points(DEPTH_SWEEP, "preact")]
     assert "resnet_pre_d56_s0" in pre and "resnet_d56_s0" in pre
-    shortcuts = sweep.enumerate_points(DEPTH_SWEEP, "shortcut")
+    shortcuts = sweep_points.enumerate_points(DEPTH_SWEEP, "shortcut")
     assert {p.config.model.overrides.shortcut for p in shortcuts} == {"A", "B", "C"}
 
 
 def test_unknown_keys_fail_before_anything_runs(tmp_path):
-    with pytest.raises(sweep.SweepError, match=r"sweep point 1 'plain_d8_s0'.*'optim.lrr'.*"
+    with pytest.raises(sweep_points.SweepError, match=r"sweep point 1 'plain_d8_s0'.*'optim.lrr'.*"
                        r"Did you mean 'optim.lr'"):  # fmt: skip
-        sweep.enumerate_points(DEPTH_SWEEP, None, {"optim.lrr": 0.1})
-    with pytest.raises(sweep.SweepError, match=r"unknown key 'plian'; allowed keys: depth"):
-        sweep.enumerate_points(DEPTH_SWEEP, "depth=20,plian=1")
-    with pytest.raises(sweep.SweepError, match=r"depth must be 6n\+2 .* got 21"):
-        sweep.enumerate_points(DEPTH_SWEEP, "depth=21")
-    with pytest.raises(sweep.SweepError, match=r"unknown depth_sweep sweep 'bogus'"):
-        sweep.enumerate_points(DEPTH_SWEEP, "bogus")
+        sweep_points.enumerate_points(DEPTH_SWEEP, None, {"optim.lrr": 0.1})
+    with pytest.raises(sweep_points.SweepError, match=r"unknown key 'plian'; allowed keys: depth"):
+        sweep_points.enumerate_points(DEPTH_SWEEP, "depth=20,plian=1")
+    with pytest.raises(sweep_points.SweepError, match=r"depth must be 6n\+2 .* got 21"):
+        sweep_points.enumerate_points(DEPTH_SWEEP, "depth=21")
+    with pytest.raises(sweep_points.SweepError, match=r"unknown depth_sweep sweep 'bogus'"):
+        sweep_points.enumerate_points(DEPTH_SWEEP, "bogus")
     # Override-dict points: the bad key is named with its point; names must differ.
     path = tmp_path / "dict_sweep.py"
     path.write_text(
@@ -96,11 +102,11 @@ def test_unknown_keys_fail_before_anything_runs(tmp_path):
         "def sweep(arg=None):\n"
         "    return [{'optim.lr': 0.1}, {'optim.lr': 0.2, 'model.overides.scan': True}]\n"
     )
-    with pytest.raises(sweep.SweepError, match=r"sweep point 2 'lr0.2_scanTrue'.*"
+    with pytest.raises(sweep_points.SweepError, match=r"sweep point 2 'lr0.2_scanTrue'.*"
                        r"'model.overides.scan'.*Did you mean 'model.overrides'"):  # fmt: skip
-        sweep.enumerate_points(str(path))
+        sweep_points.enumerate_points(str(path))
     path.write_text(path.read_text().replace("'model.overides.scan': True", "'seed': 1"))
-    points = sweep.enumerate_points(str(path))
+    points = sweep_points.enumerate_points(str(path))
     assert [p.name for p in points] == ["lr0.1", "lr0.2_seed1"]
     assert points[1].config.optim.lr == 0.2 and points[1].config.seed == 1
     assert points[1].flags() == [
@@ -109,11 +115,11 @@ def test_unknown_keys_fail_before_anything_runs(tmp_path):
         "--config.optim.lr=0.2",
         "--config.seed=1",
     ]
-    with pytest.raises(sweep.SweepError, match="cannot set config.optim.lr = 'fast'"):
-        sweep.enumerate_points(str(path), None, {"optim.lr": "fast"})
+    with pytest.raises(sweep_points.SweepError, match="cannot set config.optim.lr = 'fast'"):
+        sweep_points.enumerate_points(str(path), None, {"optim.lr": "fast"})
     path.write_text(path.read_text().replace("'seed': 1", "'optim.lr': 0.1"))
-    with pytest.raises(sweep.SweepError, match="same name as sweep point 1"):
-        sweep.enumerate_points(str(path))
+    with pytest.raises(sweep_points.SweepError, match="same name as sweep point 1"):
+        sweep_points.enumerate_points(str(path))
 
 
 def _fake_train(fail=()):
@@ -135,9 +141,9 @@ def _fake_train(fail=()):
 
 def test_failure_is_recorded_and_the_rest_run(tiny_sweep, tmp_path, capsys):
     train_fn, calls = _fake_train(fail=("resnet8",))
-    code = sweep.run_from_flags(tiny_sweep, None, {}, tmp_path / "w", train_fn=train_fn)
+    code = runner.run_from_flags(tiny_sweep, None, {}, tmp_path / "w", train_fn=train_fn)
     assert code == 1 and calls == ["resnet8", "plain8"]
-    status = json.loads((tmp_path / "w" / sweep.STATUS_FILE).read_text())["points"]
+    status = json.loads((tmp_path / "w" / STATUS).read_text())["points"]
     assert status["resnet8"]["status"] == "failed"
     assert status["resnet8"]["error"] == "RuntimeError: resnet8 broke"
     assert status["plain8"]["status"] == "finished"
@@ -150,11 +156,11 @@ def test_failure_is_recorded_and_the_rest_run(tiny_sweep, tmp_path, capsys):
     )
     # The rerun skips the finished point and retries the failed one.
     train_fn, calls = _fake_train()
-    assert sweep.run_from_flags(tiny_sweep, None, {}, tmp_path / "w", train_fn=train_fn) == 0
+    assert runner.run_from_flags(tiny_sweep, None, {}, tmp_path / "w", train_fn=train_fn) == 0
     assert calls == ["resnet8"]
     # A changed config is not "finished": the point goes back to train_fn (which may extend it).
     train_fn, calls = _fake_train()
-    sweep.run_from_flags(tiny_sweep, None, {"total_steps": 8}, tmp_path / "w", train_fn=train_fn)
+    runner.run_from_flags(tiny_sweep, None, {"total_steps": 8}, tmp_path / "w", train_fn=train_fn)
     assert calls == ["resnet8", "plain8"]
 
 
@@ -162,7 +168,7 @@ def test_skip_finished_and_resume_interrupted(tiny_sweep, fashion_mnist_dir, tmp
     """Point 1 finishes (a stand-in run); point 2 really trains and is interrupted at step 6,
     after its step-4 checkpoint. The rerun skips point 1 and resumes point 2 from step 4."""
     overrides = {"data.dir": str(fashion_mnist_dir)}
-    points = sweep.enumerate_points(tiny_sweep, None, overrides)
+    points = sweep_points.enumerate_points(tiny_sweep, None, overrides)
     workdir = tmp_path / "w"
     write = MetricWriter.write
     fake, _ = _fake_train()
@@ -170,7 +176,7 @@ def test_skip_finished_and_resume_interrupted(tiny_sweep, fashion_mnist_dir, tmp
     def first_train_fn(config, point_dir):
         if point_dir.name == "resnet8":
             return fake(config, point_dir)
-        return train.train_and_evaluate(config, point_dir)
+        return train_and_evaluate(config, point_dir)
 
     def interrupting_write(self, step, metrics):
         if step == 6 and "train_loss" in metrics and "plain8" in str(self._path):
@@ -179,8 +185,8 @@ def test_skip_finished_and_resume_interrupted(tiny_sweep, fashion_mnist_dir, tmp
 
     monkeypatch.setattr(MetricWriter, "write", interrupting_write)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(points, workdir, first_train_fn, lead=True, log=lambda line: None)
-    status = json.loads((workdir / sweep.STATUS_FILE).read_text())["points"]
+        runner.run_sweep(points, workdir, first_train_fn, lead=True, log=lambda line: None)
+    status = json.loads((workdir / STATUS).read_text())["points"]
     assert status["resnet8"]["status"] == "finished"
     assert status["plain8"]["status"] == "interrupted"
     assert not (workdir / "plain8" / "results.json").exists()
@@ -191,9 +197,9 @@ def test_skip_finished_and_resume_interrupted(tiny_sweep, fashion_mnist_dir, tmp
 
     def train_fn(config, point_dir):
         trained.append(point_dir.name)
-        return train.train_and_evaluate(config, point_dir)
+        return train_and_evaluate(config, point_dir)
 
-    status = sweep.run_sweep(points, workdir, train_fn, lead=True, log=lambda line: None)
+    status = runner.run_sweep(points, workdir, train_fn, lead=True, log=lambda line: None)
     assert trained == ["plain8"]
     assert status["points"]["resnet8"] == {**status["points"]["resnet8"], "skipped": True}
     assert status["points"]["plain8"]["status"] == "finished"
@@ -223,7 +229,9 @@ def test_list_cli_reproduces_points():
 def test_train_cli_skips_a_finished_sweep_and_writes_the_report(tiny_sweep, tmp_path):
     """`python -m resjax.train --config=SWEEP` enumerates, skips what is done, reports."""
     train_fn, _ = _fake_train()
-    sweep.run_sweep(sweep.enumerate_points(tiny_sweep), tmp_path, train_fn, lead=True, log=print)
+    runner.run_sweep(
+        sweep_points.enumerate_points(tiny_sweep), tmp_path, train_fn, lead=True, log=print
+    )
     (tmp_path / "report.md").unlink()
     result = subprocess.run(
         [sys.executable, "-m", "resjax.train", f"--config={tiny_sweep}", f"--workdir={tmp_path}"],
@@ -232,5 +240,72 @@ def test_train_cli_skips_a_finished_sweep_and_writes_the_report(tiny_sweep, tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "point 2/2 plain8: already finished, skipped" in result.stdout
     assert (tmp_path / "report.md").exists()
-    with pytest.raises(sweep.SweepError, match="no point named 'nope'.*points: resnet8, plain8"):
-        sweep.enumerate_points(tiny_sweep, only="nope")
+    with pytest.raises(
+        sweep_points.SweepError, match="no point named 'nope'.*points: resnet8, plain8"
+    ):
+        sweep_points.enumerate_points(tiny_sweep, only="nope")
+
+
+def test_depth_is_the_models_not_a_number_in_its_name(tmp_path):
+    """A point's depth (ETA weights, the status file) is its network's; results.json records
+    the same number. wrn28_10's name ends in 10; its ResNet has 26 weighted layers."""
+    path = tmp_path / "wrn.py"
+    path.write_text(
+        "from resjax.config import base_config, lock\n"
+        "def get_config(arg=None):\n"
+        "    c = base_config()\n    c.model.name = arg or 'wrn28_10'\n    return lock(c)\n"
+        "def sweep(arg=None):\n    return None if arg else ['wrn28_10', 'resnet_nonexistent']\n"
+    )
+    wrn, bad = sweep_points.enumerate_points(str(path))
+    assert runner.model_depth(wrn.config) == 26 and runner.model_depth(bad.config) is None
+    train_fn, _ = _fake_train()
+    status = runner.run_sweep([wrn, bad], tmp_path / "w", train_fn, lead=True, log=lambda _: None)
+    assert status["points"]["wrn28_10"]["depth"] == 26
+
+
+def _sweep_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "resjax.sweep", *map(str, args)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_workdir_state_and_record_subcommands(tiny_sweep, tmp_path):
+    """What launch.sh asks: the default workdir, which points are finished, and the status
+    file and report for points it ran."""
+    assert _sweep_cli("workdir", "configs/depth_sweep.py:cifar10").stdout == (
+        "runs/depth_sweep_cifar10\n"
+    )
+    workdir = tmp_path / "w"
+    train_fn, _ = _fake_train()
+    train_fn(sweep_points.enumerate_points(tiny_sweep)[0].config, workdir / "resnet8")
+    (workdir / "plain8").mkdir(parents=True)
+    (workdir / "plain8" / "config.json").write_text("{}")
+    state = _sweep_cli("state", tiny_sweep, workdir)
+    assert state.stdout == "resnet8\tfinished\nplain8\tstarted\n", state.stderr
+    # Another config is not finished: its run goes on (or is refused) when it trains.
+    longer = _sweep_cli("state", tiny_sweep, workdir, "--point=resnet8", "--config.total_steps=9")
+    assert longer.stdout == "resnet8\tstarted\n", longer.stderr
+    (workdir / "plain8" / "log.txt").write_text("I0101 12:00:00 absl line\nerror: it broke\n")
+    record = _sweep_cli(
+        "record",
+        tiny_sweep,
+        workdir,
+        "resnet8=finished:12.5",
+        "plain8=failed:1:3",
+        "--wall-time=65",
+    )
+    assert record.returncode == 0, record.stderr
+    assert "done in 0:01:05: 1 of 2 finished, 1 failed, 0 not run or stopped" in record.stdout
+    assert "  FAILED      plain8  (exit 1)" in record.stdout and "error: it broke" in record.stdout
+    status = json.loads((workdir / STATUS).read_text())
+    assert status["launcher"] == "launch.sh" and status["wall_time_s"] == 65
+    assert status["points"]["resnet8"]["status"] == "finished"
+    assert status["points"]["resnet8"]["wall_time_s"] == 12.5
+    assert status["points"]["plain8"] == {
+        "status": "failed",
+        "flags": f"--config={tiny_sweep}:plain8",
+        "log": str(workdir / "plain8" / "log.txt"),
+        "error": "error: it broke",
+    }
+    assert (workdir / "report.md").exists()

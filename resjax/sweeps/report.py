@@ -1,0 +1,503 @@
+"""The report of a sweep: a Markdown + CSV table and PNG plots, from the files in its workdir.
+
+    python -m resjax.report runs/depth_sweep
+
+Reads `WORKDIR/sweep_status.json` (the points the sweep expects, resjax.sweeps.status) and,
+for each point directory, `results.json`, `config.json` and `metrics.jsonl`; writes
+
+    report.md                   per-point table, mean ± std over seeds, the depth comparison
+    report.csv                  one row per point
+    report_summary.csv          one row per (family, depth): mean and std over seeds
+    train_error_vs_step.png     training error vs step, one panel per family (He et al. Fig. 6)
+    error_vs_depth.png          final training and test error vs depth, every family
+    diagnostics_vs_depth.png    per-block gradient norm and ‖F(x)‖/‖x‖, when training logged them
+
+Works on partial sweeps (missing, failed or unfinished points are listed as such). A point's
+depth is the one its results record (or its status entry, for a point not finished). Reads files
+only: importing it does not import JAX; plots use Matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from resjax.config import POINT_DEFAULTS
+from resjax.workdir import (
+    CONFIG,
+    METRICS,
+    RESULTS,
+    STATUS,
+    logged_diagnostics,
+    read_json,
+    read_rows,
+)
+
+PLOTS = ("train_error_vs_step.png", "error_vs_depth.png")
+_PER_POINT = (
+    "point", "status", "family", "depth", "seed", "params", "train_loss", "train_error",
+    "val_error", "test_error", "steps", "wall_time_s",
+)  # fmt: skip
+_METRICS = ("train_loss", "train_error", "val_error", "test_error", "wall_time_s")
+
+
+@dataclasses.dataclass
+class PointResult:
+    """What the report knows of one point; numbers are None where the point has none (yet)."""
+
+    point: str
+    status: str  # finished | failed | interrupted | running | pending | incomplete | missing
+    family: str | None = None  # 'plain', 'residual', or e.g. 'residual (pre)'
+    depth: int | None = None
+    seed: int | None = None
+    params: int | None = None
+    train_loss: float | None = None
+    train_error: float | None = None
+    val_error: float | None = None
+    test_error: float | None = None
+    steps: int | None = None
+    wall_time_s: float | None = None
+    error: str | None = None
+    curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, train err)
+    test_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        """The point's name without its seed: seeds of one setting share it."""
+        return re.sub(r"_s\d+$", "", self.point)
+
+
+# Points with the per-block diagnostics each logged last (resjax.workdir.logged_diagnostics).
+Diagnosed = list[tuple[PointResult, dict[str, Any]]]
+
+
+def _family(config: dict | None, residual: bool | None) -> str | None:
+    overrides = ((config or {}).get("model") or {}).get("overrides") or {}
+    if residual is None:
+        name = ((config or {}).get("model") or {}).get("name", "")
+        if overrides.get("residual") is not None:
+            residual = bool(overrides["residual"])
+        elif name:
+            residual = not name.startswith("plain")
+        else:
+            return None
+    family = "residual" if residual else "plain"
+    extras = []
+    if overrides.get("ordering") not in (None, POINT_DEFAULTS["ordering"]):
+        extras.append(str(overrides["ordering"]))
+    if residual and overrides.get("shortcut") not in (None, POINT_DEFAULTS["shortcut"]):
+        extras.append(f"shortcut {overrides['shortcut']}")
+    return family + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _curves(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]], dict]:
+    """Training-error and test-error curves; on a rerun the last row for a step wins."""
+    train, test, last = {}, {}, {}
+    for row in read_rows(path):
+        step = row.get("step")
+        if step is None:
+            continue
+        if row.get("train_error") is not None:
+            train[int(step)] = float(row["train_error"])
+            last.update(
+                {k: row[k] for k in ("train_loss", "train_error") if row.get(k) is not None}
+            )
+            last["steps"] = int(step)
+        if row.get("test_error") is not None:
+            test[int(step)] = float(row["test_error"])
+    return sorted(train.items()), sorted(test.items()), last
+
+
+def load_point(point_dir: Path, status: dict | None = None) -> PointResult:
+    """One point's results from its directory (and its entry in sweep_status.json, if any)."""
+    status = status or {}
+    results = read_json(point_dir / RESULTS)
+    config = read_json(point_dir / CONFIG)
+    curve, test_curve, last = _curves(point_dir / METRICS)
+    if results is not None:
+        state = "finished"
+    elif status.get("status") not in (None, "finished"):
+        state = status["status"]
+    else:
+        state = "incomplete" if config is not None else "missing"
+    r = PointResult(point=point_dir.name, status=state, error=status.get("error"))
+    r.curve, r.test_curve = curve, test_curve
+    r.family = _family(config, results.get("residual") if results else None)
+    r.depth = (results or {}).get("depth") or status.get("depth")
+    r.seed = (results or {}).get("seed", (config or {}).get("seed"))
+    source = results if results is not None else last  # an unfinished point: its last log
+    for key in ("params", "train_loss", "train_error", "val_error", "test_error", "steps",
+                "wall_time_s"):  # fmt: skip
+        value = source.get(key)
+        if value is not None:
+            setattr(r, key, value)
+    if status.get("wall_time_s") is not None:  # the whole point: data, compile, train, eval
+        r.wall_time_s = status["wall_time_s"]
+    return r
+
+
+def load_points(workdir: str | Path) -> list[PointResult]:
+    """Every point of the sweep in `workdir`: those sweep_status.json lists, in its order, then
+    any other subdirectory holding a config.json or results.json."""
+    workdir = Path(workdir)
+    status = (read_json(workdir / STATUS) or {}).get("points", {})
+    names = list(status)
+    for d in sorted(p for p in workdir.iterdir() if p.is_dir()) if workdir.is_dir() else []:
+        if d.name not in status and ((d / RESULTS).exists() or (d / CONFIG).exists()):
+            names.append(d.name)
+    return [load_point(workdir / name, status.get(name)) for name in names]
+
+
+# --- tables ---
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(points: list[PointResult]) -> list[dict[str, Any]]:
+    """One row per setting (points equal but for the seed): mean and std over finished seeds."""
+    groups: dict[str, list[PointResult]] = {}
+    for p in points:
+        groups.setdefault(p.group, []).append(p)
+    rows = []
+    for name, members in groups.items():
+        done = [p for p in members if p.status == "finished"]
+        row = {
+            "setting": name,
+            "family": members[0].family,
+            "depth": members[0].depth,
+            "params": members[0].params,
+            "seeds": len(done),
+            "of": len(members),
+            "steps": done[0].steps if done else None,
+        }
+        for key in _METRICS:
+            row[key], row[f"{key}_std"] = _mean_std([getattr(p, key) for p in done])
+        rows.append(row)
+    return rows
+
+
+def _pct(value: float | None, std: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _num(value: Any, fmt: str = "{:,}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def depth_comparison(summary: list[dict[str, Any]]) -> list[str]:
+    """Per family: final training error of the shallowest vs the deepest net (the headline)."""
+    lines = []
+    families = {}
+    for row in summary:
+        if row["train_error"] is not None and row["depth"] is not None:
+            families.setdefault(row["family"], []).append(row)
+    for family, rows in families.items():
+        if len({r["depth"] for r in rows}) < 2:
+            continue
+        rows = sorted(rows, key=lambda r: r["depth"])
+        lo, hi = rows[0], rows[-1]
+        delta = 100 * (hi["train_error"] - lo["train_error"])
+        verdict = "deeper is worse" if delta > 0 else "deeper is not worse"
+        lines.append(
+            f"- **{family}**: final training error {_pct(lo['train_error'])}% at depth "
+            f"{lo['depth']} → {_pct(hi['train_error'])}% at depth {hi['depth']} "
+            f"({delta:+.2f} points: {verdict})"
+        )
+    return lines
+
+
+def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
+    """The report as Markdown: comparison, per-setting summary, per-point table, plots."""
+    summary = summarize(points)
+    done = sum(p.status == "finished" for p in points)
+    out = [f"# {title}", "", f"{done} of {len(points)} points finished.", ""]
+    comparison = depth_comparison(summary)
+    if comparison:
+        out += ["## Shallowest vs deepest", "", *comparison, ""]
+    if any(r["of"] > 1 for r in summary):
+        out += [
+            "## Mean ± std over seeds",
+            "",
+            "| setting | family | depth | params | seeds | train loss | train error % | "
+            "val error % | test error % | wall time |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in summary:
+            loss = "–" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
+            out.append(
+                f"| {r['setting']} | {r['family'] or '–'} | {_num(r['depth'], '{}')} | "
+                f"{_num(r['params'])} | {r['seeds']}/{r['of']} | {loss} | "
+                f"{_pct(r['train_error'], r['train_error_std'])} | "
+                f"{_pct(r['val_error'], r['val_error_std'])} | "
+                f"{_pct(r['test_error'], r['test_error_std'])} | {_dur(r['wall_time_s'])} |"
+            )
+        out.append("")
+    out += [
+        "## Points",
+        "",
+        "| point | status | family | depth | params | train loss | train error % | "
+        "val error % | test error % | steps | wall time |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        status = p.status if not p.error else f"{p.status}: {p.error}"
+        loss = "–" if p.train_loss is None else f"{p.train_loss:.4f}"
+        out.append(
+            f"| {p.point} | {status.replace('|', '/')} | {p.family or '–'} | "
+            f"{_num(p.depth, '{}')} | {_num(p.params)} | {loss} | {_pct(p.train_error)} | "
+            f"{_pct(p.val_error)} | {_pct(p.test_error)} | {_num(p.steps)} | "
+            f"{_dur(p.wall_time_s)} |"
+        )
+    out += [
+        "",
+        "Final training loss and error are the means over the last logging window of training "
+        "(with augmentation); val and test errors are of the final weights. Wall time is the "
+        "whole point as the sweep timed it (data, compilation, training, evaluation).",
+        "",
+        "![training error vs step](train_error_vs_step.png)",
+        "",
+        "![error vs depth](error_vs_depth.png)",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
+
+
+# --- plots ---
+
+
+def _family_order(families) -> list[str]:
+    return sorted({f for f in families if f}, key=lambda f: (not f.startswith("plain"), f))
+
+
+def plot_train_error_vs_step(points: list[PointResult], path: Path) -> None:
+    """One panel per family; a line per depth (seed mean; thin lines per seed); final test
+    error as a dot at the last step (He et al. 2015, Fig. 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = _family_order(p.family for p in points if p.curve)
+    depths = sorted({p.depth for p in points if p.curve and p.depth is not None})
+    cmap = plt.get_cmap("viridis")
+    color = {d: cmap(i / max(1, len(depths) - 1) * 0.85) for i, d in enumerate(depths)}
+    fig, axes = plt.subplots(
+        1, max(1, len(families)), figsize=(5.2 * max(1, len(families)), 4), sharey=True,
+        squeeze=False,
+    )  # fmt: skip
+    for ax, family in zip(axes[0], families, strict=False):
+        for depth in depths:
+            members = [p for p in points if p.family == family and p.depth == depth and p.curve]
+            if not members:
+                continue
+            for p in members if len(members) > 1 else []:
+                steps, errs = zip(*p.curve, strict=True)
+                ax.plot(steps, [100 * e for e in errs], color=color[depth], lw=0.6, alpha=0.35)
+            common = sorted(set.intersection(*(set(dict(p.curve)) for p in members)))
+            mean = [100 * statistics.fmean(dict(p.curve)[s] for p in members) for s in common]
+            net = "plain" if family.startswith("plain") else "ResNet"
+            label = f"{net}-{depth}" + (f" ({len(members)} seeds)" if len(members) > 1 else "")
+            ax.plot(common, mean, color=color[depth], lw=1.8, label=label)
+            tests = [p.test_curve[-1] for p in members if p.test_curve]
+            if tests:
+                ax.plot(
+                    [statistics.fmean(s for s, _ in tests)],
+                    [100 * statistics.fmean(e for _, e in tests)],
+                    "o", color=color[depth], ms=6, mec="black", mew=0.6,
+                )  # fmt: skip
+        ax.set_title(family)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("training error (%)")
+    fig.suptitle("Training error vs step (lines); final test error (dots)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_error_vs_depth(summary: list[dict[str, Any]], path: Path) -> None:
+    """Final training (solid) and test (dashed) error vs depth per family, ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    families = _family_order(r["family"] for r in summary)
+    colors = plt.get_cmap("tab10")
+    depths = set()
+    for i, family in enumerate(families):
+        rows = sorted(
+            (r for r in summary if r["family"] == family and r["depth"] is not None),
+            key=lambda r: r["depth"],
+        )
+        for key, style, marker in (("train_error", "-", "o"), ("test_error", "--", "s")):
+            rows_k = [r for r in rows if r[key] is not None]
+            if not rows_k:
+                continue
+            depths.update(r["depth"] for r in rows_k)
+            ax.errorbar(
+                [r["depth"] for r in rows_k],
+                [100 * r[key] for r in rows_k],
+                yerr=[100 * (r[f"{key}_std"] or 0.0) for r in rows_k],
+                color=colors(i), ls=style, marker=marker, capsize=3,
+                label=f"{family}, {key.split('_')[0]}",
+            )  # fmt: skip
+    ax.set_xticks(sorted(depths))
+    ax.set_xlabel("depth (layers)")
+    ax.set_ylabel("final error (%)")
+    ax.set_title("Final error vs depth (train: solid, test: dashed)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if families:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Path]:
+    """Writes report.md, report.csv, report_summary.csv and the plots into `workdir`.
+
+    Returns their paths ({'markdown', 'csv', 'summary_csv', 'train_error_vs_step',
+    'error_vs_depth'}). Raises FileNotFoundError when `workdir` holds no point at all.
+    """
+    workdir = Path(workdir)
+    points = load_points(workdir)
+    if not points:
+        raise FileNotFoundError(f"{workdir} holds no sweep points ({STATUS} or run dirs)")
+    summary = summarize(points)
+    paths = {
+        "markdown": workdir / "report.md",
+        "csv": workdir / "report.csv",
+        "summary_csv": workdir / "report_summary.csv",
+        "train_error_vs_step": workdir / PLOTS[0],
+        "error_vs_depth": workdir / PLOTS[1],
+    }
+    paths["markdown"].write_text(markdown(points, title or f"Depth sweep: {workdir.name}"))
+    _write_csv(paths["csv"], [dataclasses.asdict(p) for p in points], [*_PER_POINT, "error"])
+    _write_csv(
+        paths["summary_csv"],
+        summary,
+        ["setting", "family", "depth", "params", "seeds", "of", "steps"]
+        + [k for m in _METRICS for k in (m, f"{m}_std")],
+    )
+    plot_train_error_vs_step(points, paths["train_error_vs_step"])
+    plot_error_vs_depth(summary, paths["error_vs_depth"])
+    diagnosed = [(p, d) for p in points if (d := logged_diagnostics(workdir / p.point))]
+    if diagnosed:
+        paths["diagnostics"] = workdir / "diagnostics_vs_depth.png"
+        with paths["markdown"].open("a") as f:
+            f.write(diagnostics_section(diagnosed, paths["diagnostics"]))
+    return paths
+
+
+def _residual(p: PointResult) -> bool:
+    return p.family is not None and not p.family.startswith("plain")
+
+
+def _net(p: PointResult) -> str:
+    return f"{'ResNet' if _residual(p) else 'plain'}-{p.depth}"
+
+
+def diagnostics_rows(diagnosed: Diagnosed) -> list[dict[str, Any]]:
+    """One row per point for the report's table, from the per-block diagnostics it logged last
+    (resjax.workdir.logged_diagnostics): gradient norm of the first/middle/last block and
+    first/last, mean and max of ‖F(x)‖/‖x‖ over the blocks."""
+    rows = []
+    for p, d in diagnosed:
+        grad = [b["grad_norm"] for b in d["blocks"]]
+        ratio = [b["branch_ratio"] for b in d["blocks"]]
+        rows.append(
+            {
+                "point": p.point,
+                "net": _net(p),
+                "depth": p.depth,
+                "residual": _residual(p),
+                "step": d["step"],
+                "grad_norm_first": grad[0],
+                "grad_norm_middle": grad[len(grad) // 2],
+                "grad_norm_last": grad[-1],
+                "grad_norm_first_over_last": grad[0] / grad[-1] if grad[-1] else float("inf"),
+                "branch_ratio_mean": statistics.fmean(ratio),
+                "branch_ratio_max": max(ratio),
+            }
+        )
+    return rows
+
+
+def diagnostics_section(diagnosed: Diagnosed, plot_path: Path) -> str:
+    """Markdown: per-block gradient norm and ‖F(x)‖/‖x‖ at the end of training, plain vs
+    residual, from the points' logged diagnostics; draws `plot_path`."""
+    rows = sorted(diagnostics_rows(diagnosed), key=lambda r: (r["residual"], r["depth"] or 0))
+    plot_depth_diagnostics(diagnosed, plot_path)
+    lines = [
+        "",
+        "## Gradient flow at the end of training",
+        "",
+        "| net | step | ‖∂L/∂θ‖ first block | middle | last | first/last | mean ‖F(x)‖/‖x‖ | max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['net']} | {r['step']} | {r['grad_norm_first']:.3g} | {r['grad_norm_middle']:.3g}"
+            f" | {r['grad_norm_last']:.3g} | {r['grad_norm_first_over_last']:.2f}"
+            f" | {r['branch_ratio_mean']:.2f} | {r['branch_ratio_max']:.2f} |"
+        )
+    lines += ["", f"![per-block diagnostics]({plot_path.name})", ""]
+    return "\n".join(lines)
+
+
+def plot_depth_diagnostics(diagnosed: Diagnosed, path: Path) -> None:
+    """Per-block gradient norm (log) and ‖F(x)‖/‖x‖ against relative depth, one line per point:
+    plain dashed, residual solid, one colour per depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted({p.depth for p, _ in diagnosed if p.depth is not None})
+    cmap = plt.get_cmap("viridis")
+    color = {d: cmap(i / max(1, len(depths) - 1) * 0.85) for i, d in enumerate(depths)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for p, d in diagnosed:
+        x = [b["relative_depth"] for b in d["blocks"]]
+        style = dict(ls="-" if _residual(p) else "--", color=color.get(p.depth), label=_net(p))
+        axes[0].plot(x, [b["grad_norm"] for b in d["blocks"]], **style)
+        axes[1].plot(x, [b["branch_ratio"] for b in d["blocks"]], **style)
+    axes[0].set(yscale="log", title="‖∂L/∂θ‖ per block, end of training")
+    axes[1].set(title="‖F(x)‖ / ‖x‖ per block, end of training")
+    for ax in axes:
+        ax.set_xlabel("relative depth of block (input → output)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

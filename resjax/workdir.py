@@ -1,0 +1,117 @@
+"""What the directories of a run and of a sweep hold, and reading them without JAX.
+
+A run's workdir (written by resjax.training)::
+
+    config.json          the resolved config, written at every start
+    metrics.jsonl        one JSON object per logged step (train window, eval, diagnostics)
+    results.json         the final numbers; written last and atomically, so it means "finished"
+    environment.jsonl    versions, devices and flags, one line per start or resume
+    resume_log.jsonl     one line per resume (resjax.checkpoint)
+    checkpoints/, tb/    Orbax checkpoints, TensorBoard event files
+
+A sweep's workdir (written by resjax.sweeps) holds one run directory per point, named by
+`safe_name`, `sweep_status.json` and the report. Per-block diagnostics are logged in
+metrics.jsonl as 'diag/{block}/{metric}' (`flatten_diagnostics`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+STATUS = "sweep_status.json"
+LOG = "log.txt"  # a point's console output when launch.sh runs it
+
+DIAG_PREFIX = "diag"
+BLOCK_METRICS = ("grad_norm", "input_grad_norm", "branch_ratio", "branch_std", "last_bn_gamma")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Writes `value` as indented JSON beside `path`, then renames: readers never see half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file ([] when missing), without a line a kill cut short."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def safe_name(text: str) -> str:
+    """`text` with every run of characters other than letters, digits and `_.+-` made one '_'."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)
+
+
+def is_finished(run_dir: Path) -> bool:
+    """True when the run in `run_dir` wrote its results (whatever its config)."""
+    return (run_dir / RESULTS).exists()
+
+
+# --- per-block diagnostics in metrics.jsonl ---
+
+
+def flatten_diagnostics(values: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{metric: {block: v}} -> {'diag/{block}/{metric}': v} (MetricWriter's flat scalars)."""
+    return {
+        f"{DIAG_PREFIX}/{block}/{metric}": v
+        for metric, blocks in values.items()
+        for block, v in blocks.items()
+    }
+
+
+def unflatten_diagnostics(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{'diag/{block}/{metric}': v, ...} (other keys ignored) -> {block: {metric: v}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, v in row.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == DIAG_PREFIX:
+            out.setdefault(parts[1], {})[parts[2]] = v
+    return out
+
+
+def logged_diagnostics(run_dir: Path) -> dict[str, Any] | None:
+    """The last per-block diagnostics a run logged, or None when it logged none.
+
+    Returns {'step', 'blocks': [{'block', 'index', 'relative_depth', **BLOCK_METRICS}]}, blocks
+    from input to output ('stage{i}_block{j}' in (i, j) order; block k of n at (k + 0.5) / n).
+    """
+    last = None
+    for row in read_rows(run_dir / METRICS):
+        if any(k.startswith(DIAG_PREFIX + "/") for k in row):
+            last = row
+    if last is None:
+        return None
+    per_block = unflatten_diagnostics(last)
+    names = sorted(per_block, key=lambda name: [int(n) for n in re.findall(r"\d+", name)])
+    blocks = [
+        {
+            "block": name,
+            "index": k,
+            "relative_depth": (k + 0.5) / len(names),
+            **{m: float(per_block[name][m]) for m in BLOCK_METRICS},
+        }
+        for k, name in enumerate(names)
+    ]
+    return {"step": int(last["step"]), "blocks": blocks}
