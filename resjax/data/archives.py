@@ -113,7 +113,9 @@ def read_idx(path: Path) -> np.ndarray:
     """Reads a gzipped IDX file (the (Fashion-)MNIST format) into a uint8 array.
 
     The header is two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions,
-    then each dimension as a big-endian uint32 (http://yann.lecun.com/exdb/mnist/).
+    then each dimension as a big-endian uint32 (http://yann.lecun.com/exdb/mnist/). Read here
+    rather than by a library: TFDS's own MNIST reader needs TensorFlow (tf.io.gfile), and the
+    PyPI readers of the format (idx2numpy, python-mnist) were last released in 2020.
     """
     try:
         with gzip.open(path, "rb") as f:
