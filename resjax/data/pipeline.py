@@ -5,11 +5,10 @@ the epoch's permutation comes from (seed, epoch), augmentation from (seed, epoch
 global batch is the same whatever the number of processes (each takes its contiguous slice).
 So the iterator's state is one integer, and a resumed run sees exactly the batches it would have.
 
-Why not grain, which does this in general: its transformations run per example, and on these
-2-core machines a split held in RAM with augmentation vectorised over the whole batch in numpy
-gave ~50k images/s against ~5k per example (FIELD_NOTES); its multiprocess prefetch reads absl
-flags and fails outside `absl.app.run` (google/grain#1355). What is left here is one prefetch
-thread and index arithmetic.
+Not grain, which does this in general: what it would replace here is one prefetch thread and
+the index arithmetic below, while the augmentation must stay vectorised over the whole batch in
+numpy either way (~50k images/s on 2 cores against ~5k per example, FIELD_NOTES), and its
+multiprocess prefetch reads absl flags and fails outside `absl.app.run` (google/grain#1355).
 """
 
 from __future__ import annotations
