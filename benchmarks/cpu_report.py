@@ -1,4 +1,4 @@
-"""Every CPU speed number the README quotes, in one run: the tables of issue 9.
+"""Every CPU speed number the README quotes, in one run: the tables of its Speed section.
 
     python benchmarks/cpu_report.py --out=experiments/2026-11-28_cpu_speed
     python benchmarks/cpu_report.py --out=/tmp/speed --only=side_by_side --rounds=4

@@ -11,7 +11,7 @@ Result: the 56-layer plain net ends with more than twice the training error of t
 (47.2% vs 20.1%), while the 56-layer residual net is not worse than the 8-layer one (20.0% vs
 20.3%).
 
-One point is one string (STYLE habit 3); this reproduces a point of the sweep exactly:
+One point is one string, which reproduces that point of the sweep exactly:
 
     python -m resjax.train --config=configs/depth_sweep.py:depth=56,plain=1 --workdir=runs/p56
 

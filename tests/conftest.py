@@ -1,4 +1,5 @@
-"""Every test runs on 4 fake CPU devices, set before JAX initialises (STYLE.md, habit 15)."""
+"""Every test runs on 4 fake CPU devices, set before JAX initialises: multi-device code paths
+(sharding, pmap, cross-device BatchNorm) are tested on any machine."""
 
 import os
 

@@ -74,7 +74,8 @@ def _start(command, *args, env=None):
 def test_every_command_answers_bad_input_in_one_line(tmp_path):
     nowhere = tmp_path / "nowhere"
     cases = [  # (command and arguments, exit status, what the line says)
-        # The examples of issue 15, and the other kinds of bad input, through resjax.train.
+        # Where new users err most (a mistyped key, a mistyped or invalid point), and a value
+        # of the wrong type, through resjax.train.
         (
             ("resjax.train", f"--config={FMNIST}", "--config.batch_sise=32"),
             1,

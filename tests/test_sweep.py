@@ -62,7 +62,7 @@ def test_default_depth_sweep_points_and_names():
     assert p56.arg == "depth=56,plain=1,seed=0" and runner.model_depth(p56.config) == 56
     assert p56.flags() == [f"--config={DEPTH_SWEEP}:depth=56,plain=1,seed=0"]
     assert p56.config.is_locked and p56.config.model.name == "plain56"
-    # The point string alone rebuilds the same config (STYLE habit 3).
+    # The point string alone rebuilds the same config: a point is reproducible from its name.
     again = sweep_points.enumerate_points(DEPTH_SWEEP, "depth=56,plain=1")
     assert [p.name for p in again] == ["plain_d56_s0"]
     assert again[0].config.to_dict() == p56.config.to_dict()

@@ -7,7 +7,7 @@ So the iterator's state is one integer, and a resumed run sees exactly the batch
 
 Not grain, which does this in general: what it would replace here is one prefetch thread and
 the index arithmetic below, while the augmentation must stay vectorised over the whole batch in
-numpy either way (~50k images/s on 2 cores against ~5k per example, FIELD_NOTES), and its
+numpy either way (~50k images/s on 2 cores against ~5k per example, measured here), and its
 multiprocess prefetch reads absl flags and fails outside `absl.app.run` (google/grain#1355).
 """
 
