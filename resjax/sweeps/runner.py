@@ -236,4 +236,3 @@ class _Sweep:
             f"[sweep] done in {sweep_status.duration(self.status['wall_time_s'])}: "
             + ", ".join(f"{v} {k}" for k, v in counts.items())
         )
-
