@@ -95,9 +95,15 @@ def train_step(
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Masked sums over one eval batch: loss, top-1 and top-5 correct, example count."""
-    logits = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
-    )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return eval_sums(state.apply_fn, variables, batch)
+
+
+def eval_sums(
+    apply_fn, variables: dict[str, Any], batch: dict[str, jax.Array]
+) -> dict[str, jax.Array]:
+    """`eval_step` for any network's `apply` and variables (e.g. a portable weights file)."""
+    logits = apply_fn(variables, batch["image"], train=False)
     mask = batch["mask"]
     loss = cross_entropy(logits, batch["label"])
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
