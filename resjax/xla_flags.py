@@ -12,10 +12,17 @@ benchmarks/README.md):
   16-64 channels are 1.1-2.7x faster here (benchmarks/conv_layers.py), +15-20% on the whole
   step.
 
+Re-measured in December 2026 on jaxlib 0.11.2 (Python 3.12) and 0.12.0.1 (Python 3.13), same
+step, ``python -m resjax.bench --model=resnet20 --batch=128 --devices=1 --windows=5`` with and
+without the flag in alternating pairs: with it the step ran at 0.49-1.08x (median 0.78x, 5 of 6
+pairs slower) of the speed without it, so from jaxlib 0.11 on XLA's own choice (YNNPACK) is
+kept (JAXLIB_NO_GAIN). The machine was loaded by other jobs (only ratios of adjacent runs mean
+anything, and they scatter: jaxlib 0.10's control pairs in the same session gave 1.03x).
+
 The flags are XLA:CPU's and do nothing on GPU or TPU. Unknown flags make XLA abort, and
 experimental ones come and go between releases, so they are added only for the jaxlib versions
-they were measured on (JAXLIB_TESTED). To opt out, set ``RESJAX_XLA_DEFAULTS=0``; a flag the
-user already put in `XLA_FLAGS` is never overridden.
+they were measured to help on (JAXLIB_TESTED). To opt out, set ``RESJAX_XLA_DEFAULTS=0``; a flag
+the user already put in `XLA_FLAGS` is never overridden.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import os
 import sys
 
 CPU_DEFAULTS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-JAXLIB_TESTED = ((0, 10),)  # (major, minor) releases the defaults were measured on
+JAXLIB_TESTED = ((0, 10),)  # (major, minor) releases the defaults were measured to help on
+JAXLIB_NO_GAIN = ((0, 11), (0, 12))  # measured too: the defaults made the step slower there
 OPT_OUT = "RESJAX_XLA_DEFAULTS"
 
 _status = "not applied yet"
@@ -56,6 +64,8 @@ def apply_defaults(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     if env.get(OPT_OUT, "1") == "0":
         _status = f"off ({OPT_OUT}=0)"
+    elif _jaxlib_release() in JAXLIB_NO_GAIN:
+        _status = f"off (jaxlib {_jaxlib_release()}: measured, the defaults slow the step there)"
     elif _jaxlib_release() not in JAXLIB_TESTED:
         _status = f"off (jaxlib {_jaxlib_release()} is not one of {JAXLIB_TESTED})"
     elif environ is None and _backends_started():

@@ -231,6 +231,10 @@ def test_xla_defaults_are_added_kept_or_skipped(monkeypatch):
     assert "not one of" in xla_flags.apply_defaults(env)
     assert env == {}
 
+    monkeypatch.setattr(xla_flags, "_jaxlib_release", lambda: xla_flags.JAXLIB_NO_GAIN[0])
+    assert "measured, the defaults slow the step" in xla_flags.apply_defaults(env)
+    assert env == {}
+
 
 def _python(code, **env):
     full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
