@@ -16,8 +16,10 @@ Re-measured in December 2026 on jaxlib 0.11.2 (Python 3.12) and 0.12.0.1 (Python
 step, ``python -m resjax.bench --model=resnet20 --batch=128 --devices=1 --windows=5`` with and
 without the flag in alternating pairs: with it the step ran at 0.49-1.08x (median 0.78x, 5 of 6
 pairs slower) of the speed without it, so from jaxlib 0.11 on XLA's own choice (YNNPACK) is
-kept (JAXLIB_NO_GAIN). The machine was loaded by other jobs (only ratios of adjacent runs mean
-anything, and they scatter: jaxlib 0.10's control pairs in the same session gave 1.03x).
+kept (JAXLIB_NO_GAIN). The machine was loaded by other jobs, so only ratios of adjacent runs
+mean anything, and they scatter: jaxlib 0.10's control pairs in the same session gave 1.03x and
+0.92x where the quiet machine gave 1.15-1.2x. A gain of that size on 0.11/0.12 would have been
+hidden too; a quiet rerun could still add them to JAXLIB_TESTED.
 
 The flags are XLA:CPU's and do nothing on GPU or TPU. Unknown flags make XLA abort, and
 experimental ones come and go between releases, so they are added only for the jaxlib versions
