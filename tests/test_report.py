@@ -20,6 +20,7 @@ def _point(workdir, name, *, depth, plain, seed, train_error, test_error, curve,
     d.mkdir(parents=True)
     model = f"{'plain' if plain else 'resnet'}{depth}"
     config = {"seed": seed, "model": {"name": model, "overrides": {"ordering": "post"}}}
+    config.update(log_every_steps=10, batch_size=32, data={"augment": "none"})
     (d / "config.json").write_text(json.dumps(config))
     rows = [{"step": s, "train_loss": 2 * e, "train_error": e} for s, e in curve]
     rows.append({"step": curve[-1][0], "val_error": test_error, "test_error": test_error})
@@ -70,10 +71,13 @@ def test_report_tables_and_plots(sweep_dir):
     assert "| plain_d8 | plain | 8 | 8,000 | 2/2 |" in md  # mean ± std over the two seeds
     assert "22.00 ± 2.83" in md  # train error: mean 22%, sample std 2.83 points
     assert "failed: RuntimeError: boom" in md and "| plain_d20_s0 | pending |" in md
-    assert "**plain**: final training error 22.00% at depth 8 → 45.00% at depth 56" in md
-    assert "deeper is worse" in md.split("**residual**")[0]
-    assert "19.00% at depth 56 (-2.00 points: deeper is not worse)" in md
+    plain, residual = md.split("**residual**")
+    assert "**plain**: 22.00 ± 2.83% (d8) → 45.00% (d56); rises with depth at every step" in plain
+    assert "deepest − shallowest +23.00 points, 8.1× the larger seed std" in plain
+    assert ": 21.00% (d8) → 19.00% (d56); falls with depth at every step" in residual
+    assert "deepest − shallowest -2.00 points\n" in residual  # one seed each: no std to compare
     assert "0:00:12" in md  # the sweep's wall time of a point wins over results.json's
+    assert "last logging window (10 steps, 320 examples)" in md and "without augmentation" in md
 
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["point"] for r in rows][:3] == ["plain_d8_s0", "plain_d8_s1", "plain_d20_s0"]
@@ -116,7 +120,7 @@ def test_cli_and_import_without_jax(sweep_dir):
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "Shallowest vs deepest" in result.stdout and (sweep_dir / "report.md").exists()
+    assert "Training error vs depth" in result.stdout and (sweep_dir / "report.md").exists()
     empty = subprocess.run(
         [sys.executable, "-m", "resjax.report", str(sweep_dir / "plain_d8_s0")],
         capture_output=True, text=True, cwd=ROOT,

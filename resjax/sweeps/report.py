@@ -63,6 +63,9 @@ class PointResult:
     steps: int | None = None
     wall_time_s: float | None = None
     error: str | None = None
+    window_steps: int | None = None  # training steps the final training error averages over
+    batch_size: int | None = None
+    augment: str | None = None
     curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, train err)
     test_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
@@ -138,6 +141,10 @@ def load_point(point_dir: Path, status: dict | None = None) -> PointResult:
             setattr(r, key, value)
     if status.get("wall_time_s") is not None:  # the whole point: data, compile, train, eval
         r.wall_time_s = status["wall_time_s"]
+    if config is not None:
+        r.window_steps = config.get("log_every_steps")
+        r.batch_size = config.get("batch_size")
+        r.augment = (config.get("data") or {}).get("augment")
     return r
 
 
@@ -204,7 +211,8 @@ def _num(value: Any, fmt: str = "{:,}") -> str:
 
 
 def depth_comparison(summary: list[dict[str, Any]]) -> list[str]:
-    """Per family: final training error of the shallowest vs the deepest net (the headline)."""
+    """Per family: final training error at each depth (mean ± std over seeds), whether it rises
+    or falls at every step of depth, and the shallowest-to-deepest change (the headline)."""
     lines = []
     families = {}
     for row in summary:
@@ -214,15 +222,45 @@ def depth_comparison(summary: list[dict[str, Any]]) -> list[str]:
         if len({r["depth"] for r in rows}) < 2:
             continue
         rows = sorted(rows, key=lambda r: r["depth"])
-        lo, hi = rows[0], rows[-1]
-        delta = 100 * (hi["train_error"] - lo["train_error"])
-        verdict = "deeper is worse" if delta > 0 else "deeper is not worse"
+        errors = [r["train_error"] for r in rows]
+        steps = [b - a for a, b in zip(errors, errors[1:], strict=False)]
+        if all(d > 0 for d in steps):
+            order = "rises with depth at every step"
+        elif all(d < 0 for d in steps):
+            order = "falls with depth at every step"
+        else:
+            order = "not monotone in depth"
+        chain = " → ".join(
+            f"{_pct(r['train_error'], r['train_error_std'])}% (d{r['depth']})" for r in rows
+        )
+        delta = 100 * (errors[-1] - errors[0])
+        stds = [r["train_error_std"] for r in (rows[0], rows[-1]) if r["train_error_std"]]
+        noise = ""
+        if stds:
+            noise = f", {abs(delta) / (100 * max(stds)):.1f}× the larger seed std"
         lines.append(
-            f"- **{family}**: final training error {_pct(lo['train_error'])}% at depth "
-            f"{lo['depth']} → {_pct(hi['train_error'])}% at depth {hi['depth']} "
-            f"({delta:+.2f} points: {verdict})"
+            f"- **{family}**: {chain}; {order}; deepest − shallowest {delta:+.2f} points{noise}"
         )
     return lines
+
+
+def training_error_note(points: list[PointResult]) -> str:
+    """What "final training error" means in this sweep, from the points' configs."""
+    done = [p for p in points if p.window_steps and p.batch_size]
+    if not done:
+        return "Final training error: the mean over the last logging window of training."
+    steps = sorted({p.window_steps for p in done})
+    examples = sorted({p.window_steps * p.batch_size for p in done})
+    augment = sorted({p.augment or "?" for p in done})
+    described = (
+        "without augmentation" if augment == ["none"] else f"augmentation {'/'.join(augment)}"
+    )
+    return (
+        "Final training loss and error: the mean over the training batches of the last logging "
+        f"window ({'/'.join(map(str, steps))} steps, {'/'.join(f'{n:,}' for n in examples)} "
+        f"examples), as the network saw them while training ({described}, BatchNorm in training "
+        "mode) — He et al.'s training error. Val and test errors are of the final weights."
+    )
 
 
 def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
@@ -232,7 +270,7 @@ def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
     out = [f"# {title}", "", f"{done} of {len(points)} points finished.", ""]
     comparison = depth_comparison(summary)
     if comparison:
-        out += ["## Shallowest vs deepest", "", *comparison, ""]
+        out += ["## Training error vs depth", "", *comparison, ""]
     if any(r["of"] > 1 for r in summary):
         out += [
             "## Mean ± std over seeds",
@@ -269,9 +307,8 @@ def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
         )
     out += [
         "",
-        "Final training loss and error are the means over the last logging window of training "
-        "(with augmentation); val and test errors are of the final weights. Wall time is the "
-        "whole point as the sweep timed it (data, compilation, training, evaluation).",
+        training_error_note(points) + " Wall time is the whole point as the sweep timed it "
+        "(data, compilation, training, evaluation).",
         "",
         "![training error vs step](train_error_vs_step.png)",
         "",
@@ -294,6 +331,13 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> Non
 
 def _family_order(families) -> list[str]:
     return sorted({f for f in families if f}, key=lambda f: (not f.startswith("plain"), f))
+
+
+def _focus_top(points: list[PointResult]) -> float:
+    """The y-axis top (%) that shows every curve after its first fifth of training: the early
+    steps, where every net is near chance, would otherwise squeeze the separation into a sliver."""
+    late = [100 * e for p in points if p.curve for s, e in p.curve if s >= 0.2 * p.curve[-1][0]]
+    return min(100.0, 1.1 * max(late)) if late else 100.0
 
 
 def plot_train_error_vs_step(points: list[PointResult], path: Path) -> None:
@@ -334,6 +378,7 @@ def plot_train_error_vs_step(points: list[PointResult], path: Path) -> None:
                 )  # fmt: skip
         ax.set_title(family)
         ax.set_xlabel("step")
+        ax.set_ylim(0, _focus_top(points))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("training error (%)")
