@@ -65,6 +65,7 @@ _CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2015, Fig. 6 and Table 6
 SWEEPS = {
     "fmnist": dict(_DEPTH, recipe="fmnist"),  # the default: ~15 min on 2 CPU cores
     "fmnist_3seeds": dict(_DEPTH, seeds=(0, 1, 2), recipe="fmnist"),  # mean ± std; ~45 min
+    "converged": dict(_DEPTH, seeds=(0, 1), recipe="fmnist_long"),  # hours on 2 CPU cores
     "preact": dict(_PREACT, recipe="fmnist"),
     "shortcut": dict(_SHORTCUT, recipe="fmnist"),
     "cifar10": dict(_DEPTH, depths=_CIFAR_DEPTHS, recipe="cifar10"),
@@ -84,9 +85,27 @@ def get_config(arg: str | None = None):
     c.model.overrides.shortcut = p["shortcut"]
     if p["recipe"] == "cifar10":
         _he_cifar10(c, p["depth"])
+    elif p["recipe"] == "fmnist_long":
+        _converged_fmnist(c)
     else:
         _fast_fmnist(c)
     return lock(c)
+
+
+def _converged_fmnist(c) -> None:
+    """The default's networks and optimiser on the whole 55k training split, with the step
+    schedule run to its end over 10 epochs: does the degradation outlast convergence?"""
+    _fast_fmnist(c)
+    c.data.train_split = "train"
+    c.data.val_examples = 5000  # 55k/5k
+    c.total_steps = None
+    c.total_epochs = 10.0  # 8,590 steps of 64
+    c.optim.decay_steps = None
+    c.optim.decay_epochs = (5.0, 7.5)  # ÷10 at 50% and 75%, as the default
+    c.log_every_steps = 430  # final training error: the last 430 steps, 27,520 images
+    c.diagnostics_every_steps = 0
+    c.eval_every_steps = 859  # every epoch
+    c.checkpoint_every_steps = 859
 
 
 def _he_cifar10(c, depth: int) -> None:

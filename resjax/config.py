@@ -138,7 +138,7 @@ POINT_DEFAULTS = {
     "ordering": "post",
     "shortcut": "A",
 }
-RECIPES = ("fmnist", "cifar10")
+RECIPES = ("fmnist", "fmnist_long", "cifar10")
 
 
 def parse_point(arg: str) -> dict[str, Any]:
