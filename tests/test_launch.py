@@ -252,7 +252,9 @@ def test_gpu_slots_per_point_and_queue(fake_python, tmp_path):
     result = launch(*args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     events = [line.split() for line in record.read_text().splitlines()]
-    assert sorted(e[2] for e in events if e[0] == "start") == ["gpus=3,5"] * 3 + ["gpus=6,7"] * 3
+    n = len(depth_sweep_points())
+    starts = [e[2] for e in events if e[0] == "start"]
+    assert len(starts) == n and set(starts) == {"gpus=3,5", "gpus=6,7"}
     running, peak = set(), 0  # never two points on one GPU pair at a time
     for kind, _, gpus, *_ in sorted(events, key=lambda e: float(e[1])):
         if kind == "start":
@@ -263,10 +265,20 @@ def test_gpu_slots_per_point_and_queue(fake_python, tmp_path):
             running.discard(gpus)
     assert peak == 2
     assert all("--config.total_steps=3" in " ".join(e) for e in events if e[0] == "start")
-    assert result.stdout.count("finished ") == 6 and "6 of 6 finished" in result.stdout
+    assert result.stdout.count("finished ") == n and f"{n} of {n} finished" in result.stdout
+
+
+def depth_sweep_points(*overrides):
+    """[(name, flags)] of configs/depth_sweep.py's default sweep (its depths are the recipe's)."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "resjax.sweep", "list", "configs/depth_sweep.py", *overrides],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    ).stdout  # fmt: skip
+    return [tuple(line.split("\t")) for line in listing.splitlines()]
 
 
 def test_slurm_dry_run_script(fake_python, tmp_path):
+    points = depth_sweep_points("--config.total_steps=100")
     workdir = tmp_path / "runs"
     result = launch(
         "--slurm", "--dry-run", "--partition=gpu", "-t", "4:00:00",
@@ -281,7 +293,7 @@ def test_slurm_dry_run_script(fake_python, tmp_path):
     submit = lines[lines.index("# submit:") + 1]
     assert re.fullmatch(rf"sbatch --partition=gpu -t 4:00:00 {workdir}/slurm/\S+\.sbatch ?", submit)
     for directive in (
-        "--array=0-5", "--signal=TERM@120", "--requeue", "--nodes=2",
+        f"--array=0-{len(points) - 1}", "--signal=TERM@120", "--requeue", "--nodes=2",
         "--ntasks-per-node=4", "--gpus-per-node=4", f"--output={workdir}/slurm/",
     ):  # fmt: skip
         assert f"#SBATCH {directive}" in script, directive
@@ -311,32 +323,24 @@ def test_slurm_dry_run_script(fake_python, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     started = record.read_text().splitlines()[0]
-    assert (
-        "--config=configs/depth_sweep.py:depth=56,plain=1,seed=0 --config.total_steps=100"
-        in started
-    )
-    assert f"--workdir={workdir}/plain_d56_s0" in started
+    name, flags = points[2]
+    assert flags in started and f"--workdir={workdir}/{name}" in started
     assert (tmp_path / "scontrol").read_text().strip() == "requeue 1234"
-    assert "requeued" in (workdir / "plain_d56_s0" / "log.txt").read_text()
+    assert "requeued" in (workdir / name / "log.txt").read_text()
 
 
 def test_slurm_single_host_leaves_out_finished_points(tmp_path):
+    first, *others = [name for name, _ in depth_sweep_points()]
     workdir = tmp_path / "runs"
-    (workdir / "plain_d8_s0").mkdir(parents=True)
-    (workdir / "plain_d8_s0" / "results.json").write_text("{}")
+    (workdir / first).mkdir(parents=True)
+    (workdir / first / "results.json").write_text("{}")
     result = launch(
         "--slurm", "--dry-run", "--per-point", "2", "configs/depth_sweep.py", "--workdir", workdir
     )
     assert result.returncode == 0, result.stderr
-    assert "plain_d8_s0: finished earlier (results.json), not submitted" in result.stdout
-    assert "#SBATCH --array=0-4" in result.stdout
+    assert f"{first}: finished earlier (results.json), not submitted" in result.stdout
+    assert f"#SBATCH --array=0-{len(others) - 1}" in result.stdout
     assert "#SBATCH --ntasks-per-node=1" in result.stdout  # one process, all of its GPUs
     assert "#SBATCH --gpus-per-node=2" in result.stdout
     names = textwrap.dedent(result.stdout.split("names=(\n")[1].split(")")[0]).split()
-    assert names == [
-        "plain_d20_s0",
-        "plain_d56_s0",
-        "resnet_d8_s0",
-        "resnet_d20_s0",
-        "resnet_d56_s0",
-    ]
+    assert names == others

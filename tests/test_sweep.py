@@ -53,19 +53,21 @@ def tiny_sweep(tmp_path):
 
 
 def test_default_depth_sweep_points_and_names():
+    # The depths are the recipe's to choose (configs/depth_sweep.py's _DEPTH); the order and the
+    # names are the sweep's: plain then residual, shallow to deep.
+    depths = sweep_points.load_config_module(DEPTH_SWEEP)._DEPTH["depths"]
     points = sweep_points.enumerate_points(DEPTH_SWEEP)
     assert [p.name for p in points] == [
-        "plain_d8_s0", "plain_d20_s0", "plain_d56_s0", "resnet_d8_s0", "resnet_d20_s0",
-        "resnet_d56_s0",
-    ]  # fmt: skip
-    p56 = points[2]
-    assert p56.arg == "depth=56,plain=1,seed=0" and runner.model_depth(p56.config) == 56
-    assert p56.flags() == [f"--config={DEPTH_SWEEP}:depth=56,plain=1,seed=0"]
-    assert p56.config.is_locked and p56.config.model.name == "plain56"
+        f"{family}_d{d}_s0" for family in ("plain", "resnet") for d in depths
+    ]
+    d, deepest = max(depths), points[len(depths) - 1]  # the deepest plain net
+    assert deepest.arg == f"depth={d},plain=1,seed=0" and runner.model_depth(deepest.config) == d
+    assert deepest.flags() == [f"--config={DEPTH_SWEEP}:depth={d},plain=1,seed=0"]
+    assert deepest.config.is_locked and deepest.config.model.name == f"plain{d}"
     # The point string alone rebuilds the same config: a point is reproducible from its name.
-    again = sweep_points.enumerate_points(DEPTH_SWEEP, "depth=56,plain=1")
-    assert [p.name for p in again] == ["plain_d56_s0"]
-    assert again[0].config.to_dict() == p56.config.to_dict()
+    again = sweep_points.enumerate_points(DEPTH_SWEEP, f"depth={d},plain=1")
+    assert [p.name for p in again] == [f"plain_d{d}_s0"]
+    assert again[0].config.to_dict() == deepest.config.to_dict()
     assert not sweep_points.is_sweep(DEPTH_SWEEP, "depth=56,plain=1") and sweep_points.is_sweep(
         DEPTH_SWEEP, None
     )
@@ -85,7 +87,7 @@ def test_named_sweeps():
 
 
 def test_unknown_keys_fail_before_anything_runs(tmp_path):
-    with pytest.raises(sweep_points.SweepError, match=r"sweep point 1 'plain_d8_s0'.*'optim.lrr'.*"
+    with pytest.raises(sweep_points.SweepError, match=r"sweep point 1 'plain_d\d+_s0'.*'optim.lrr'.*"
                        r"Did you mean 'optim.lr'"):  # fmt: skip
         sweep_points.enumerate_points(DEPTH_SWEEP, None, {"optim.lrr": 0.1})
     with pytest.raises(sweep_points.SweepError, match=r"unknown key 'plian'; allowed keys: depth"):
@@ -218,9 +220,10 @@ def test_list_cli_reproduces_points():
     result = run("configs/depth_sweep.py", "--config.total_steps=3")
     assert result.returncode == 0, result.stderr
     lines = [line.split("\t") for line in result.stdout.splitlines()]
-    assert lines[2] == [
-        "plain_d56_s0", "--config=configs/depth_sweep.py:depth=56,plain=1,seed=0 "
-        "--config.total_steps=3",
+    points = sweep_points.enumerate_points(DEPTH_SWEEP)
+    assert [name for name, _ in lines] == [p.name for p in points]
+    assert lines[0] == [
+        points[0].name, f"--config=configs/depth_sweep.py:{points[0].arg} --config.total_steps=3"
     ]  # fmt: skip
     bad = run("configs/depth_sweep.py", "--config.optim.lrr=1")
     assert bad.returncode == 1 and 'Did you mean "lr"' in bad.stderr
