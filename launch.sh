@@ -191,7 +191,7 @@ if [[ $slurm == 1 ]]; then
     for i in "${todo[@]}"; do printf '  %q\n' "${flags[$i]}"; done
     echo ")"
     printf 'workdir=%q\n' "$abs_workdir"
-    printf 'python=%q\n' "$("$PYTHON" -c 'import sys; print(sys.executable)')"
+    printf 'python=%q\n' "$(command -v "$PYTHON")"
     echo "# Whether a point finished: python -m resjax.sweep state SPEC WORKDIR --point=NAME OVERRIDES"
     printf 'spec=%q\n' "$spec"
     echo "overrides=("

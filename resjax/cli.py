@@ -40,7 +40,9 @@ def error(message: str, status: int = 1) -> int:
     return status
 
 
-def run(main: Callable[[], int | None], bad_input: tuple[type[BaseException], ...] = BAD_INPUT):
+def run(
+    main: Callable[[], int | None], bad_input: tuple[type[BaseException], ...] = BAD_INPUT
+) -> int:
     """`main()`'s exit status (None: 0); a `bad_input` exception becomes one error line and
     status 1 (or its traceback, under RESJAX_TRACEBACK=1)."""
     try:
