@@ -27,7 +27,6 @@ unbiased one: the running variances drift apart by a factor n/(n-1), n = batch·
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
+from resjax import cli
 from resjax.models import get_model, init_shapes, save_params
 from resjax.models.portable import Portable
 from resjax.models.registry import IMAGENET_STAGES
@@ -210,7 +210,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: converts one file; errors print one line and exit with status 1."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(  # usage errors: one line too
         prog="python -m resjax.convert",
         description="Convert torchvision ResNet weights into a resjax portable weights file.",
     )
