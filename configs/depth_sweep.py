@@ -63,6 +63,7 @@ def _fast_fmnist(c) -> None:
     c.log_every_steps = 140  # final training error: the last 140 steps, ~one pass (8,960 images)
     c.diagnostics_every_steps = 1400  # per-block gradient flow at the end, for the report
     c.eval_every_steps = 0  # evaluate once, at the end
+    c.eval_train_at_end = True  # final training error: the final weights on all 10k examples
     c.checkpoint_every_steps = 700
     c.eval_batch_size = 500
 

@@ -87,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
     # loads compiled steps instead of compiling again. None = off.
     c.compilation_cache_dir = config_dict.placeholder(str)
     c.eval_batch_size = 1000
+    # At the end, also evaluate the final weights on the training examples (BatchNorm in eval
+    # mode, no augmentation): 'train_eval_error', the training error without the noise of a
+    # running mean over batches whose weights kept changing. One more pass over the train split.
+    c.eval_train_at_end = False
     return c
 
 
@@ -111,6 +115,7 @@ SAFE_ON_RESUME = (
     "keep_checkpoints",
     "diagnostics_every_steps",
     "eval_batch_size",
+    "eval_train_at_end",
     *WHERE_KEYS,
     "compilation_cache_dir",
     "model.overrides.cpu_convs",  # same numbers, another XLA:CPU formulation (models/conv.py)

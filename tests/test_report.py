@@ -88,6 +88,21 @@ def test_report_tables_and_plots(sweep_dir):
     assert summary["resnet_d56"]["train_error_std"] == ""  # one seed: no std
 
 
+def test_the_final_weights_train_error_is_compared_where_every_point_has_it(sweep_dir):
+    finished = [d for d in sweep_dir.iterdir() if (d / "results.json").exists()]
+    for d in finished:  # the final weights fit better than the window's mean: 5 points less
+        results = json.loads((d / "results.json").read_text())
+        results["train_eval_error"] = results["train_error"] - 0.05
+        (d / "results.json").write_text(json.dumps(results))
+    md = report.markdown(report.load_points(sweep_dir))
+    assert "**plain**: 17.00 ± 2.83% (d8) → 40.00% (d56); rises" in md
+    assert "| 22.00 ± 2.83 | 17.00 ± 2.83 |" in md  # both train errors in the seed table
+    assert "Final-weights train error: the final weights on every training example" in md
+    one = sweep_dir / "resnet_d56_s0" / "results.json"
+    one.write_text(json.dumps({**json.loads(one.read_text()), "train_eval_error": None}))
+    assert "**plain**: 22.00" in report.markdown(report.load_points(sweep_dir))  # not all: window
+
+
 def test_rerun_rows_and_unfinished_points(sweep_dir):
     points = {p.point: p for p in report.load_points(sweep_dir)}
     assert dict(points["plain_d8_s1"].curve)[20] == 0.33  # the rerun's row wins

@@ -175,6 +175,23 @@ def test_train_and_evaluate_tiny_run(fashion_mnist_dir, tmp_path):
     assert env["resjax_xla_defaults"] == xla_flags.status()
 
 
+def test_final_weights_are_evaluated_on_the_training_examples(fashion_mnist_dir, tmp_path):
+    # The test split made of the very examples trained on (train[:512] minus its last 64, which
+    # are validation): the final-weights training error must be exactly the test error.
+    config = tiny_config(
+        fashion_mnist_dir,
+        eval_train_at_end=True,
+        eval_every_steps=0,
+        **{"data.test_split": "train[:448]"},
+    )
+    results = train_and_evaluate(config, tmp_path)
+    assert results["train_eval_error"] == results["test_error"]
+    assert results["train_eval_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
+    assert results["train_eval_error"] != results["val_error"]  # not some other split
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_eval_error" in r] == [4]  # once, at the end
+
+
 def test_non_finite_loss_names_the_step(fashion_mnist_dir, tmp_path):
     config = tiny_config(fashion_mnist_dir, **{"optim.lr": 1e30, "total_steps": 6})
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d"):

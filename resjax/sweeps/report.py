@@ -41,9 +41,11 @@ from resjax.workdir import (
 PLOTS = ("train_error_vs_step.png", "error_vs_depth.png")
 _PER_POINT = (
     "point", "status", "family", "depth", "seed", "params", "train_loss", "train_error",
-    "val_error", "test_error", "steps", "wall_time_s",
+    "train_eval_error", "val_error", "test_error", "steps", "wall_time_s",
 )  # fmt: skip
-_METRICS = ("train_loss", "train_error", "val_error", "test_error", "wall_time_s")
+_METRICS = (
+    "train_loss", "train_error", "train_eval_error", "val_error", "test_error", "wall_time_s",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -57,7 +59,8 @@ class PointResult:
     seed: int | None = None
     params: int | None = None
     train_loss: float | None = None
-    train_error: float | None = None
+    train_error: float | None = None  # mean over the last logging window, while training
+    train_eval_error: float | None = None  # the final weights on the training examples
     val_error: float | None = None
     test_error: float | None = None
     steps: int | None = None
@@ -134,8 +137,8 @@ def load_point(point_dir: Path, status: dict | None = None) -> PointResult:
     r.depth = (results or {}).get("depth") or status.get("depth")
     r.seed = (results or {}).get("seed", (config or {}).get("seed"))
     source = results if results is not None else last  # an unfinished point: its last log
-    for key in ("params", "train_loss", "train_error", "val_error", "test_error", "steps",
-                "wall_time_s"):  # fmt: skip
+    for key in ("params", "train_loss", "train_error", "train_eval_error", "val_error",
+                "test_error", "steps", "wall_time_s"):  # fmt: skip
         value = source.get(key)
         if value is not None:
             setattr(r, key, value)
@@ -210,19 +213,29 @@ def _num(value: Any, fmt: str = "{:,}") -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def final_train_key(rows: list[dict[str, Any]]) -> str:
+    """The final training error the comparison uses: of the final weights on the training
+    examples where every row has it (`eval_train_at_end`), else the last window's mean."""
+    done = [r for r in rows if r.get("train_error") is not None]
+    if done and all(r.get("train_eval_error") is not None for r in done):
+        return "train_eval_error"
+    return "train_error"
+
+
 def depth_comparison(summary: list[dict[str, Any]]) -> list[str]:
     """Per family: final training error at each depth (mean ± std over seeds), whether it rises
     or falls at every step of depth, and the shallowest-to-deepest change (the headline)."""
     lines = []
     families = {}
+    key = final_train_key(summary)
     for row in summary:
-        if row["train_error"] is not None and row["depth"] is not None:
+        if row[key] is not None and row["depth"] is not None:
             families.setdefault(row["family"], []).append(row)
     for family, rows in families.items():
         if len({r["depth"] for r in rows}) < 2:
             continue
         rows = sorted(rows, key=lambda r: r["depth"])
-        errors = [r["train_error"] for r in rows]
+        errors = [r[key] for r in rows]
         steps = [b - a for a, b in zip(errors, errors[1:], strict=False)]
         if all(d > 0 for d in steps):
             order = "rises with depth at every step"
@@ -231,10 +244,10 @@ def depth_comparison(summary: list[dict[str, Any]]) -> list[str]:
         else:
             order = "not monotone in depth"
         chain = " → ".join(
-            f"{_pct(r['train_error'], r['train_error_std'])}% (d{r['depth']})" for r in rows
+            f"{_pct(r[key], r[f'{key}_std'])}% (d{r['depth']})" for r in rows
         )
         delta = 100 * (errors[-1] - errors[0])
-        stds = [r["train_error_std"] for r in (rows[0], rows[-1]) if r["train_error_std"]]
+        stds = [r[f"{key}_std"] for r in (rows[0], rows[-1]) if r[f"{key}_std"]]
         noise = ""
         if stds:
             noise = f", {abs(delta) / (100 * max(stds)):.1f}× the larger seed std"
@@ -255,12 +268,19 @@ def training_error_note(points: list[PointResult]) -> str:
     described = (
         "without augmentation" if augment == ["none"] else f"augmentation {'/'.join(augment)}"
     )
-    return (
-        "Final training loss and error: the mean over the training batches of the last logging "
+    note = (
+        "Train loss and train error: the mean over the training batches of the last logging "
         f"window ({'/'.join(map(str, steps))} steps, {'/'.join(f'{n:,}' for n in examples)} "
         f"examples), as the network saw them while training ({described}, BatchNorm in training "
-        "mode) — He et al.'s training error. Val and test errors are of the final weights."
+        "mode) — He et al.'s training error."
     )
+    if any(p.train_eval_error is not None for p in done):
+        note += (
+            " Final-weights train error: the final weights on every training example (BatchNorm "
+            "in evaluation mode, no augmentation), free of the window's noise; where every "
+            "point has it, it is the final training error compared across depths above."
+        )
+    return note + " Val and test errors are of the final weights."
 
 
 def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
@@ -276,8 +296,8 @@ def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
             "## Mean ± std over seeds",
             "",
             "| setting | family | depth | params | seeds | train loss | train error % | "
-            "val error % | test error % | wall time |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "final-weights train error % | val error % | test error % | wall time |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in summary:
             loss = "–" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
@@ -285,6 +305,7 @@ def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
                 f"| {r['setting']} | {r['family'] or '–'} | {_num(r['depth'], '{}')} | "
                 f"{_num(r['params'])} | {r['seeds']}/{r['of']} | {loss} | "
                 f"{_pct(r['train_error'], r['train_error_std'])} | "
+                f"{_pct(r['train_eval_error'], r['train_eval_error_std'])} | "
                 f"{_pct(r['val_error'], r['val_error_std'])} | "
                 f"{_pct(r['test_error'], r['test_error_std'])} | {_dur(r['wall_time_s'])} |"
             )
@@ -293,8 +314,8 @@ def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
         "## Points",
         "",
         "| point | status | family | depth | params | train loss | train error % | "
-        "val error % | test error % | steps | wall time |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "final-weights train error % | val error % | test error % | steps | wall time |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         status = p.status if not p.error else f"{p.status}: {p.error}"
@@ -302,7 +323,7 @@ def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
         out.append(
             f"| {p.point} | {status.replace('|', '/')} | {p.family or '–'} | "
             f"{_num(p.depth, '{}')} | {_num(p.params)} | {loss} | {_pct(p.train_error)} | "
-            f"{_pct(p.val_error)} | {_pct(p.test_error)} | {_num(p.steps)} | "
+            f"{_pct(p.train_eval_error)} | {_pct(p.val_error)} | {_pct(p.test_error)} | {_num(p.steps)} | "
             f"{_dur(p.wall_time_s)} |"
         )
     out += [
@@ -399,12 +420,13 @@ def plot_error_vs_depth(summary: list[dict[str, Any]], path: Path) -> None:
     families = _family_order(r["family"] for r in summary)
     colors = plt.get_cmap("tab10")
     depths = set()
+    train_key = final_train_key(summary)
     for i, family in enumerate(families):
         rows = sorted(
             (r for r in summary if r["family"] == family and r["depth"] is not None),
             key=lambda r: r["depth"],
         )
-        for key, style, marker in (("train_error", "-", "o"), ("test_error", "--", "s")):
+        for key, style, marker in ((train_key, "-", "o"), ("test_error", "--", "s")):
             rows_k = [r for r in rows if r[key] is not None]
             if not rows_k:
                 continue

@@ -315,11 +315,15 @@ class _Run:
         )
         self.window = (time.perf_counter(), done)
 
-    def _evaluate(self, state: TrainState, step: int) -> None:
-        """Every split there is (val, test), logged and kept in the history."""
+    def _evaluate(self, state: TrainState, step: int, final: bool = False) -> None:
+        """Every split there is (val, test), logged and kept in the history; at the end also
+        the training examples when `config.eval_train_at_end` ('train_eval_error')."""
         out = {}
-        for name in ("val", "test"):
-            source = getattr(self.splits, name)
+        names = {"val": "val", "test": "test"}
+        if final and self.config.eval_train_at_end:
+            names = {"train": "train_eval", **names}
+        for split, name in names.items():
+            source = getattr(self.splits, split)
             if source is not None:
                 result = self.parallel.evaluate(state, source, self.splits, self.config)
                 out.update({f"{name}_{k}": v for k, v in result.items()})
@@ -348,7 +352,7 @@ class _Run:
         """The final evaluation and checkpoint, then results.json (which means "finished")."""
         # Usually total_steps; more when a run checkpointed past a total_steps lowered on resume.
         final_step = int(jax.device_get(self.parallel.host_state(state).step))
-        self._evaluate(state, final_step)
+        self._evaluate(state, final_step, final=True)
         if self.ckpt.latest_step() != final_step:
             self._save(state, wait=True)
         self.ckpt.wait()
