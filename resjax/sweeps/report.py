@@ -243,9 +243,7 @@ def depth_comparison(summary: list[dict[str, Any]]) -> list[str]:
             order = "falls with depth at every step"
         else:
             order = "not monotone in depth"
-        chain = " → ".join(
-            f"{_pct(r[key], r[f'{key}_std'])}% (d{r['depth']})" for r in rows
-        )
+        chain = " → ".join(f"{_pct(r[key], r[f'{key}_std'])}% (d{r['depth']})" for r in rows)
         delta = 100 * (errors[-1] - errors[0])
         stds = [r[f"{key}_std"] for r in (rows[0], rows[-1]) if r[f"{key}_std"]]
         noise = ""
