@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from resjax.sweeps.points import load_config
@@ -82,13 +82,20 @@ def parse_flags(values: flags.FlagValues, argv: Sequence[str], config: str = "co
 
 def absl_flags_parser(argv: list[str]) -> list[str]:
     """For `absl.app.run(main, flags_parser=...)`: `parse_flags` on absl's global FLAGS, bad
-    input answered with one line and exit status 1."""
+    input answered with one line and exit status 1.
+
+    absl logs at INFO to stderr by default, which puts a dozen lines of Orbax and TFDS
+    bookkeeping between the progress lines of every run; resjax commands default to warnings
+    (`--verbosity=0` brings INFO back)."""
     try:
-        return parse_flags(flags.FLAGS, argv)
+        rest = parse_flags(flags.FLAGS, argv)
     except BAD_INPUT as e:
         if os.environ.get(TRACEBACK_VARIABLE):
             raise
         sys.exit(error(one_line(e)))
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    return rest
 
 
 def config_overrides(spec: str, override_flags: Sequence[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ train_and_evaluate, the command line."""
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -233,6 +234,8 @@ def test_cli_trains_a_tiny_run(fashion_mnist_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resnet8 (residual, depth 8)" in result.stdout
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 3
+    # absl's INFO lines (Orbax's, TFDS's bookkeeping) stay out of the console unless asked for.
+    assert not re.search(r"^I\d{4} ", result.stderr, re.M), result.stderr[:500]
 
 
 def _error_with_recomputed_bn_statistics(config, workdir, batches=8, batch_size=500):
