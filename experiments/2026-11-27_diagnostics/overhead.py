@@ -11,7 +11,8 @@ apart):
    once per window (on the window's last batch, fetched to the host as MetricWriter would),
    with the same batches; overhead = total time with / total time without - 1.
 Real Fashion-MNIST batches from the config's pipeline; the state is the config's model as
-`train.create_train_state` builds it, jit with batch sharding as in `Trainer`.
+`resjax.training.create_train_state` builds it, stepped and diagnosed by the parallelism the
+config chooses (`resjax.training.for_config`), as the training loop does.
 """
 
 from __future__ import annotations
@@ -22,20 +23,10 @@ import statistics
 import time
 
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from resjax import data, diagnostics, optim, train
-
-
-def load_config(spec: str):
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("cfg", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+from resjax import data, optim
+from resjax.sweeps.points import load_config
+from resjax.training import create_train_state, for_config
 
 
 def main() -> None:
@@ -49,21 +40,22 @@ def main() -> None:
 
     config = load_config(args.config)
     splits = data.load_splits(config.data)
-    model = train.build_model(config, splits.num_classes)
-    mesh = train.make_mesh()
-    trainer = train.Trainer(config, mesh)
+    trainer = for_config(config)
+    model = trainer.build_model(config, splits.num_classes)
     tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 10**6, ()))
-    state = train.create_train_state(config, model, tx, splits.image_shape, trainer.replicated)
+    state = create_train_state(config, model, tx, splits.image_shape, trainer.replicated)
     it = data.TrainIterator(
-        splits, global_batch_size=config.batch_size, seed=0, data_config=config.data, mesh=mesh
+        splits,
+        global_batch_size=config.batch_size,
+        seed=0,
+        data_config=config.data,
+        mesh=trainer.data_mesh,
     )
     batches = [next(it) for _ in range(args.every)]
     it.close()
-    diag = jax.jit(
-        diagnostics.make_block_diagnostics(model, label_smoothing=config.optim.label_smoothing),
-        in_shardings=(trainer.replicated, trainer.replicated, NamedSharding(mesh, P("data"))),
-        out_shardings=trainer.replicated,
-    )
+
+    def diag(state, batch):  # the loop's call: compiled once, values fetched to the host
+        return trainer.diagnostics(model, state, batch)
 
     metrics = trainer.empty_metrics()
     t0 = time.perf_counter()
@@ -71,7 +63,7 @@ def main() -> None:
     jax.block_until_ready(state)
     compile_step = time.perf_counter() - t0
     t0 = time.perf_counter()
-    jax.device_get(diag(state.params, state.batch_stats, batches[0]))
+    diag(state, batches[0])
     compile_diag = time.perf_counter() - t0
 
     # 1. cost of one call vs one step, interleaved.
@@ -82,7 +74,7 @@ def main() -> None:
         jax.block_until_ready(state)
         step_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        jax.device_get(diag(state.params, state.batch_stats, batches[r % len(batches)]))
+        diag(state, batches[r % len(batches)])
         diag_times.append(time.perf_counter() - t0)
     ratio = statistics.median(diag_times) / statistics.median(step_times)
 
@@ -94,7 +86,7 @@ def main() -> None:
             for batch in batches:
                 state, metrics = trainer.step(state, batch, metrics)
             if variant == "with":
-                jax.device_get(diag(state.params, state.batch_stats, batches[-1]))
+                diag(state, batches[-1])
             jax.block_until_ready(state)
             totals[variant] += time.perf_counter() - t0
     steps = args.rounds * args.every
