@@ -52,6 +52,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.random_erase = 0.0  # probability of erasing a random box (Zhong et al. 2017: 0.5)
     c.data.normalize = True  # per-channel mean/std of the training split
     c.data.prefetch_batches = 2  # batches put on device ahead of use
+    # Datasets read from disk (JPEG, ImageNet-style): processes that decode and crop batches
+    # (None: one per CPU this process may use; 0: threads of the main process instead) ...
+    c.data.workers = config_dict.placeholder(int)
+    # ... what an image that does not decode does: 'error' (names the example) | 'skip'
+    # (training: its slot takes the next example of the batch; eval: masked out; counted).
+    c.data.corrupt_images = "error"
+    # Read the dataset re-encoded with its shorter side at this many pixels (prepared once with
+    # `python -m resjax.data.resize`; fast ImageNet setups train from 256 or 160 px: fewer
+    # pixels to decode per image).
+    c.data.short_side = config_dict.placeholder(int)
 
     # --- optimisation (resjax.optim) ---
     c.batch_size = 128  # global, over all devices and processes
@@ -103,7 +113,7 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # --- what may differ between two runs of one experiment ---
 
 # Keys that say where things are, not what is trained: a finished sweep point may differ in them.
-WHERE_KEYS = ("data.dir", "data.manual_dir", "data.prefetch_batches")
+WHERE_KEYS = ("data.dir", "data.manual_dir", "data.prefetch_batches", "data.workers")
 # Keys that may change when a run resumes: they alter how long it runs, what it logs or where
 # things are, not what a step computes. Any other difference from the checkpointed run is refused.
 SAFE_ON_RESUME = (
@@ -118,6 +128,9 @@ SAFE_ON_RESUME = (
     "eval_train_at_end",
     *WHERE_KEYS,
     "compilation_cache_dir",
+    # A run stopped by a corrupt image resumes with 'skip': only batches that would have
+    # stopped it change.
+    "data.corrupt_images",
     "model.overrides.cpu_convs",  # same numbers, another XLA:CPU formulation (models/conv.py)
 )
 

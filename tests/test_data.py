@@ -438,7 +438,7 @@ def test_large_dataset_streams_with_imagenet_preprocessing(offline):
     ResjaxTestJpegs(data_dir=data_dir, file_format="array_record").download_and_prepare(
         file_format="array_record"
     )
-    config = data_config(offline, "resjax_test_jpegs", val_examples=2)
+    config = data_config(offline, "resjax_test_jpegs", val_examples=2, workers=0)
     splits = data.load_splits(config)
     assert not splits.in_memory and splits.image_shape == (224, 224, 3)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (10, 2, 5)  # test=validation
@@ -449,7 +449,7 @@ def test_large_dataset_streams_with_imagenet_preprocessing(offline):
     again = data.TrainIterator(splits, global_batch_size=4, seed=0, data_config=config)
     np.testing.assert_array_equal(next(again)["image"], batch["image"])
 
-    batches = list(data.eval_batches(splits.test, splits, global_batch_size=4))
+    batches = list(data.eval_batches(splits.test, splits, global_batch_size=4, data_config=config))
     assert len(batches) == 2 and batches[1]["mask"].tolist() == [1, 0, 0, 0]
     assert [int(x) for b in batches for x in b["label"][b["mask"] > 0]] == [0, 1, 2, 0, 1]
 

@@ -11,8 +11,13 @@ import io
 import math
 
 import numpy as np
+from PIL import Image
 
 AUGMENTATIONS = ("pad_crop_flip", "pad_crop", "none")
+# What Pillow raises for bytes that are not a decodable image: not an image at all
+# (UnidentifiedImageError is an OSError), truncated data ("image file is truncated"), broken
+# headers or markers (SyntaxError, ValueError, EOFError), absurd declared sizes.
+UNDECODABLE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def check_augment(augment: str) -> str:
@@ -123,15 +128,47 @@ def erase(
     return images
 
 
-def normalize(images: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
-    """uint8 [..., C] -> float32 (x - mean) / std per channel; x / 255 when mean is None."""
+def random_erase(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    global_batch: int,
+    mine: slice,
+    probability: float,
+) -> np.ndarray:
+    """Random erasing of this process's rows `mine` of a global batch, in place.
+
+    Boxes and noise are drawn for the whole global batch and sliced, as the crops are: the same
+    global batch for any number of processes.
+
+    Args:
+      images: uint8 [B, H, W, C], rows `mine` of the global batch.
+      rng: the batch's erase stream.
+      global_batch: G, the rows over all processes.
+      mine: this process's rows of the global batch (B of them).
+      probability: of erasing each image (Zhong et al. 2017: 0.5).
+    """
+    _, height, width, channels = images.shape
+    boxes = draw_erase_boxes(rng, global_batch, height, width, probability)
+    noise = rng.integers(0, 256, (global_batch, height, width, channels), dtype=np.uint8)[mine]
+    return erase(images, *(b[mine] for b in boxes), noise)
+
+
+def normalize(images, mean: np.ndarray | None, std: np.ndarray | None):
+    """uint8 [..., C] -> float32 (x - mean) / std per channel; x / 255 when mean is None.
+
+    Works on numpy arrays (on the host) and on jax arrays (inside a jitted step), with the same
+    float32 operations in the same order, so both give the same bits.
+    """
     out = images.astype(np.float32)
-    if mean is None:
-        out *= np.float32(1 / 255)
-    else:
-        out -= mean.astype(np.float32)
-        out *= (1 / std).astype(np.float32)
-    return out
+    scale = np.float32(1 / 255) if mean is None else 1 / np.asarray(std, np.float32)
+    if isinstance(out, np.ndarray):  # in place: a float32 ImageNet batch is 154 MB
+        if mean is not None:
+            out -= np.asarray(mean, np.float32)
+        out *= scale
+        return out
+    if mean is not None:
+        out = out - np.asarray(mean, np.float32)
+    return out * scale
 
 
 # --- ImageNet-style, per example (datasets read from disk) ---
@@ -142,8 +179,6 @@ EVAL_RESIZE = 256  # shorter side before the center crop (Krizhevsky et al. 2012
 def decode(image) -> np.ndarray:
     """JPEG/PNG bytes or a uint8 array -> uint8 [H, W, 3]."""
     if isinstance(image, bytes | np.bytes_):
-        from PIL import Image
-
         with Image.open(io.BytesIO(image)) as im:
             return np.asarray(im.convert("RGB"))
     image = np.asarray(image, dtype=np.uint8)
@@ -180,14 +215,23 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_crop(image, rng: np.random.Generator, size: int, flip: bool) -> np.ndarray:
-    """Decode, random-resized-crop to size x size (bilinear) and maybe flip: uint8 [S, S, 3]."""
-    from PIL import Image
+def _rgb_image(image):
+    """JPEG/PNG bytes (decoded lazily, on first pixel access) or a uint8 array -> PIL RGB."""
+    if isinstance(image, bytes | np.bytes_):
+        im = Image.open(io.BytesIO(image))
+        return im if im.mode == "RGB" else im.convert("RGB")
+    return Image.fromarray(np.ascontiguousarray(decode(image)))
 
-    pixels = decode(image)
-    top, left, h, w = random_resized_crop_box(rng, *pixels.shape[:2])
-    crop = Image.fromarray(np.ascontiguousarray(pixels[top : top + h, left : left + w]))
-    out = np.asarray(crop.resize((size, size), Image.BILINEAR))
+
+def train_crop(image, rng: np.random.Generator, size: int, flip: bool) -> np.ndarray:
+    """Decode, random-resized-crop to size x size (bilinear) and maybe flip: uint8 [S, S, 3].
+
+    Pillow crops and resizes its decoded image directly (no numpy copies of the whole image in
+    between); the pixels are the same as cropping the decoded array.
+    """
+    im = _rgb_image(image)
+    top, left, h, w = random_resized_crop_box(rng, im.height, im.width)
+    out = np.asarray(im.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR))
     if flip and rng.random() < 0.5:
         out = out[:, ::-1]
     return out
@@ -195,15 +239,11 @@ def train_crop(image, rng: np.random.Generator, size: int, flip: bool) -> np.nda
 
 def eval_crop(image, size: int, resize: int = EVAL_RESIZE) -> np.ndarray:
     """Decode, resize the shorter side to `resize` * size / 224, center-crop size x size."""
-    from PIL import Image
-
-    pixels = decode(image)
-    h, w = pixels.shape[:2]
+    im = _rgb_image(image)
+    h, w = im.height, im.width
     short = round(resize * size / 224)
     scale = short / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    resized = np.asarray(
-        Image.fromarray(np.ascontiguousarray(pixels)).resize((nw, nh), Image.BILINEAR)
-    )
+    resized = np.asarray(im.resize((nw, nh), Image.BILINEAR))
     top, left = (nh - size) // 2, (nw - size) // 2
     return resized[top : top + size, left : left + size]

@@ -27,3 +27,11 @@ class SplitError(DataError):
 
 class NeedsTensorFlowError(DataError):
     """The dataset can only be read or prepared with TensorFlow installed."""
+
+
+class CorruptExampleError(DataError):
+    """An example's image does not decode (a corrupt or truncated JPEG); the message names it."""
+
+
+class DataWorkerError(DataError):
+    """A worker process that decodes batches died (killed, e.g. for memory, or crashed)."""

@@ -1,21 +1,27 @@
 """Batches for training and evaluation: deterministic, sharded per process, prefetched.
 
-Every batch is a pure function of (seed, epoch, step) and the process's place among processes:
-the epoch's permutation comes from (seed, epoch), augmentation from (seed, epoch, step), and the
-global batch is the same whatever the number of processes (each takes its contiguous slice).
-So the iterator's state is one integer, and a resumed run sees exactly the batches it would have.
+Every batch is a pure function of (seed, epoch, step) and the process's place among processes
+(`plan.BatchPlan`): the epoch's permutation comes from (seed, epoch), augmentation from (seed,
+epoch, step), and the global batch is the same whatever the number of processes (each takes its
+contiguous slice). So the iterator's state is one integer, and a resumed run sees exactly the
+batches it would have.
 
-Not grain, which does this in general: what it would replace here is one prefetch thread and
-the index arithmetic below, while the augmentation must stay vectorised over the whole batch in
-numpy either way (~50k images/s on 2 cores against ~5k per example, measured here), and its
-multiprocess prefetch reads absl flags and fails outside `absl.app.run` (google/grain#1355).
+Where the work happens:
+- a split held in RAM is gathered, padded, cropped and flipped vectorised over the batch in
+  numpy, in the prefetch thread (~50k images/s on 2 cores; per example it would be ~5k);
+- a split read from disk (JPEGs) is decoded and cropped per example in `config.data.workers`
+  worker processes (`disk`, `workers`: grain), where it scales with the cores;
+- images stay uint8 on the host when the consumer normalises them on the device
+  (`normalize_on_host=False`, as the training loop does, with `Splits.normalize_images` as the
+  step's first op): a quarter of float32's bytes to move and no float pass on the host;
+- a prefetch thread puts `config.data.prefetch_batches` batches on the devices ahead of use,
+  overlapping the transfer with the step.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import math
-import os
 import queue
 import threading
 import weakref
@@ -25,16 +31,16 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from resjax.data import augment
-from resjax.data.sources import ArraySource, Source, Splits, StreamSource
+from resjax.data import augment, disk
+from resjax.data.plan import AUGMENT, ERASE, BatchPlan
+from resjax.data.sources import Source, Splits, StreamSource
+from resjax.data.workers import OrderedWorkers, cpu_count
 
 Batch = dict[str, Any]
 BATCH_AXIS = "data"  # mesh axis the batch is split along
-# Streams of np.random.SeedSequence([seed, STREAM, ...]), so shuffling and augmentation never
-# draw the same numbers.
-_SHUFFLE, _AUGMENT, _ERASE = 0, 1, 2
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -82,12 +88,12 @@ class _ConsumerGone(Exception):
     """The iterator that owned a prefetch thread was garbage-collected."""
 
 
-def _weak(method: Callable[[int], Batch]) -> Callable[[int], Batch]:
+def _weak(method: Callable[[int], Any]) -> Callable[[int], Any]:
     """`method` without a strong reference to its object, so that an iterator dropped without
     `close()` is still collected (and its thread stopped by `__del__`)."""
     ref = weakref.WeakMethod(method)
 
-    def call(position: int) -> Batch:
+    def call(position: int) -> Any:
         bound = ref()
         if bound is None:
             raise _ConsumerGone
@@ -100,7 +106,7 @@ class _Prefetcher:
     """Computes make(position) for position = start, start + 1, ... (< stop) in a daemon thread,
     up to `depth` ahead of the consumer, so the device never waits on the host."""
 
-    def __init__(self, make: Callable[[int], Batch], start: int, stop: int | None, depth: int):
+    def __init__(self, make: Callable[[int], Any], start: int, stop: int | None, depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -108,7 +114,7 @@ class _Prefetcher:
         )
         self._thread.start()
 
-    def _run(self, make: Callable[[int], Batch], start: int, stop: int | None) -> None:
+    def _run(self, make: Callable[[int], Any], start: int, stop: int | None) -> None:
         position = start
         while not self._stop.is_set() and (stop is None or position < stop):
             try:
@@ -127,7 +133,7 @@ class _Prefetcher:
                 return
             position += 1
 
-    def get(self) -> tuple[int, Batch]:
+    def get(self) -> tuple[int, Any]:
         """The next (position, batch); re-raises an error of the producer."""
         while True:
             try:
@@ -147,28 +153,95 @@ class _Prefetcher:
             self._thread.join(timeout=10)
 
 
+def workers_of(data_config: ml_collections.ConfigDict | None) -> int:
+    """`config.data.workers`: processes decoding a dataset read from disk; None: one per CPU
+    this process may use; 0: threads of this process instead."""
+    workers = None if data_config is None else data_config.get("workers")
+    workers = cpu_count() if workers is None else int(workers)
+    if workers < 0:
+        raise ValueError(
+            f"config.data.workers must be >= 0 (0: threads, no processes); got {workers}"
+        )
+    return workers
+
+
+class _FromDisk:
+    """Batches of a `disk.TrainBatches` / `disk.EvalBatches` maker: in order from worker
+    processes (started at the first position asked for), or with workers=0 from threads here."""
+
+    def __init__(self, make, workers: int, stop: int | None, what: str):
+        self.make = make
+        self._count = workers
+        self._stop = stop
+        self._what = what
+        self._workers: OrderedWorkers | None = None
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def inline(self, position: int) -> tuple[Batch, np.ndarray]:
+        """Batch `position`, made by threads of this process: (batch, examples skipped)."""
+        if self._threads is None:
+            self._threads = concurrent.futures.ThreadPoolExecutor(cpu_count())
+        return self._split(self.make(position, self._threads.map), position)
+
+    def next(self, position: int) -> tuple[Batch, np.ndarray]:
+        """Batch `position`, the one after the previous call's (the first call starts anywhere)."""
+        if self._count == 0:
+            return self.inline(position)
+        if self._workers is None:
+            self._workers = OrderedWorkers(self.make, position, self._stop, self._count, self._what)
+        return self._split(self._workers.next(), position)
+
+    def _split(self, out: dict[str, Any], position: int) -> tuple[Batch, np.ndarray]:
+        made = int(out.pop("position"))
+        if made != position:  # the workers' order is the iterator's: this is a bug if it fires
+            raise RuntimeError(f"{self._what} batch {made} arrived where {position} was due")
+        skipped = out.pop("skipped")
+        if len(skipped):
+            logging.warning(
+                "%s batch %d: skipped %d example(s) whose image does not decode: %s",
+                self._what,
+                position,
+                len(skipped),
+                ", ".join(self.make.source.describe(int(i)) for i in skipped),
+            )
+        return out, skipped
+
+    def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+            self._threads = None
+
+
 class TrainIterator:
-    """Endless training batches: shuffled per epoch, augmented, normalised, sharded per process.
+    """Endless training batches: shuffled per epoch, augmented, sharded per process.
 
     Each epoch is `steps_per_epoch` = len(train) // global_batch_size batches (the remainder of
-    the permutation is dropped). With `mesh`, a batch is {'image': float32 [B, H, W, C],
-    'label': int32 [B]} of global jax.Arrays sharded NamedSharding(mesh, P('data')); with
-    mesh=None, this process's numpy slice of it (B / process_count rows).
+    the permutation is dropped). A batch is {'image': [B, H, W, C], 'label': int32 [B]}: uint8
+    images for a step that normalises them (`normalize_on_host=False`; `splits.normalize_images`
+    inside the jitted step), else float32 normalised here. With `mesh`, global jax.Arrays
+    sharded NamedSharding(mesh, P('data')); with mesh=None, this process's numpy slice of the
+    global batch (B / process_count rows).
 
     Augmentation (`config.data.augment`): for splits in RAM, 'pad_crop_flip' / 'pad_crop' pad
     by `pad_px` zeros, crop back at random and (first mode) flip, vectorised per batch; for
     splits read from disk, the same modes mean random-resized-crop (+ flip), and 'none' means
-    the eval resize + center crop. `random_erase` > 0 then erases a random box of each image
-    with that probability (Zhong et al. 2017), in either case.
+    the eval resize + center crop, per example in `config.data.workers` processes.
+    `random_erase` > 0 then erases a random box of each image with that probability (Zhong et
+    al. 2017), in either case.
 
     Args:
       splits: from `load_splits`; augmentation depends on whether it is held in RAM.
       global_batch_size: over all processes and devices.
       seed: `config.seed`; shuffling and augmentation derive from it.
-      data_config: `config.data` (augment, pad_px, random_erase, prefetch_batches); None:
-        defaults.
+      data_config: `config.data` (augment, pad_px, random_erase, prefetch_batches, workers,
+        corrupt_images); None: defaults.
       mesh: for global arrays; None for host-local numpy batches (pmap, benchmarks).
       process_index, process_count: override jax's (to test multi-process sharding in one).
+      normalize_on_host: float32 normalised images (True) or uint8 ones (False) for a step
+        that normalises on the device.
     """
 
     def __init__(
@@ -181,20 +254,21 @@ class TrainIterator:
         *,
         process_index: int | None = None,
         process_count: int | None = None,
+        normalize_on_host: bool = True,
     ):
         self._prefetcher: _Prefetcher | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._disk: _FromDisk | None = None
         data_config = data_config if data_config is not None else ml_collections.ConfigDict()
         self._splits = splits
         self._source = splits.train
         self._global_batch_size = global_batch_size
-        self._seed = int(seed)
         self._mesh = mesh
-        self._process_index, process_count = _processes(process_index, process_count)
-        self._local_batch_size = _local_batch_size(
-            global_batch_size, process_count, mesh, "global_batch_size"
+        process_index, process_count = _processes(process_index, process_count)
+        _local_batch_size(global_batch_size, process_count, mesh, "global_batch_size")
+        self._plan = BatchPlan(
+            len(self._source), global_batch_size, process_index, process_count, int(seed)
         )
-        self.steps_per_epoch = len(self._source) // global_batch_size
+        self.steps_per_epoch = self._plan.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"global_batch_size {global_batch_size} exceeds the {len(self._source)} "
@@ -203,23 +277,38 @@ class TrainIterator:
         mode = augment.check_augment(data_config.get("augment", "pad_crop_flip"))
         self._flip = mode == "pad_crop_flip"
         self._pad_px = int(data_config.get("pad_px", 4)) if mode != "none" else 0
-        self._crop = mode != "none"
         self._erase = float(data_config.get("random_erase", 0.0))
         if not 0.0 <= self._erase <= 1.0:
             raise ValueError(f"config.data.random_erase must be in [0, 1]; got {self._erase}")
         self._prefetch = int(data_config.get("prefetch_batches", 2))
         if self._prefetch < 0:
             raise ValueError(f"config.data.prefetch_batches must be >= 0; got {self._prefetch}")
-        self._mean = splits.mean if splits.normalize else None
-        self._std = splits.std if splits.normalize else None
-        self._permutation_cache: tuple[int, np.ndarray] | None = None
+        self._normalize_on_host = normalize_on_host
+        corrupt = disk.check_corrupt_images(data_config.get("corrupt_images", "error"))
+        self._count_skipped = corrupt == "skip"
+        if isinstance(self._source, StreamSource):
+            make = disk.TrainBatches(
+                self._source,
+                self._plan,
+                size=splits.image_shape[0],
+                crop=mode != "none",
+                flip=self._flip,
+                erase=self._erase,
+                corrupt_images=corrupt,
+            )
+            self._disk = _FromDisk(make, workers_of(data_config), None, "training")
         self._consumed = 0
+        self._skipped = 0
 
     # --- state ---
 
     def get_state(self) -> dict[str, int]:
-        """The consumer's position: batches returned by `next` so far (prefetched ones excluded)."""
-        return {"batches_consumed": self._consumed}
+        """The consumer's position: batches returned by `next` so far (prefetched ones excluded);
+        with corrupt_images='skip', also the examples skipped in them."""
+        state = {"batches_consumed": self._consumed}
+        if self._count_skipped:
+            state["examples_skipped"] = self._skipped
+        return state
 
     def set_state(self, state: dict[str, int]) -> None:
         """Continues from a `get_state()`: the next batch is the one that followed it."""
@@ -228,6 +317,7 @@ class TrainIterator:
             raise ValueError(f"batches_consumed must be >= 0; got {consumed}")
         self.close()
         self._consumed = consumed
+        self._skipped = int(state.get("examples_skipped", 0))
 
     @property
     def epoch(self) -> int:
@@ -241,82 +331,62 @@ class TrainIterator:
 
     def __next__(self) -> Batch:
         if self._prefetch == 0:
-            batch = self._make(self._consumed)
+            batch, skipped = self._make(self._consumed)
         else:
             if self._prefetcher is None:
                 self._prefetcher = _Prefetcher(
                     _weak(self._make), self._consumed, None, self._prefetch
                 )
-            position, batch = self._prefetcher.get()
+            position, (batch, skipped) = self._prefetcher.get()
             assert position == self._consumed, (position, self._consumed)
         self._consumed += 1
+        self._skipped += skipped
         return batch
 
     def close(self) -> None:
-        """Stops prefetching (the iterator can still be used; it restarts where it stands)."""
+        """Stops prefetching and the worker processes (the iterator can still be used; it
+        restarts where it stands)."""
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
+        if self._disk is not None:
+            self._disk.close()
 
     def __del__(self):
         self.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._permutation_cache is None or self._permutation_cache[0] != epoch:
-            rng = np.random.default_rng([self._seed, _SHUFFLE, epoch])
-            self._permutation_cache = (epoch, rng.permutation(len(self._source)))
-        return self._permutation_cache[1]
 
     def host_batch(self, position: int) -> Batch:
-        """This process's numpy slice of batch number `position` (pure: no state changes)."""
-        epoch, step = divmod(position, self.steps_per_epoch)
-        g, n = self._global_batch_size, self._local_batch_size
-        mine = slice(self._process_index * n, (self._process_index + 1) * n)
-        index = self._permutation(epoch)[step * g : (step + 1) * g][mine]
-        if isinstance(self._source, ArraySource):
-            # Drawn for the whole global batch, then sliced: the same global batch for any
-            # number of processes.
-            rng = np.random.default_rng([self._seed, _AUGMENT, epoch, step])
-            dy, dx, flip = augment.draw_crop_flip(rng, g, self._pad_px, self._flip)
-            images = augment.gather_pad_crop_flip(
-                self._source.images, index, dy[mine], dx[mine], flip[mine], self._pad_px
-            )
-            labels = self._source.labels[index]
-        else:
-            images, labels = self._stream_batch(index, epoch, step, mine.start)
+        """This process's numpy slice of batch number `position` (pure: no state changes; a
+        split on disk is decoded by threads of this process)."""
+        if self._disk is not None:
+            return self._finish(self._disk.inline(position)[0])
+        plan, g = self._plan, self._global_batch_size
+        index = plan.global_indices(position)[plan.mine]
+        # Drawn for the whole global batch, then sliced: the same global batch for any
+        # number of processes.
+        rng = plan.rng(AUGMENT, position)
+        dy, dx, flip = augment.draw_crop_flip(rng, g, self._pad_px, self._flip)
+        mine = plan.mine
+        images = augment.gather_pad_crop_flip(
+            self._source.images, index, dy[mine], dx[mine], flip[mine], self._pad_px
+        )
         if self._erase:
-            images = self._random_erase(images, epoch, step, mine)
-        return {"image": augment.normalize(images, self._mean, self._std), "label": labels}
+            images = augment.random_erase(images, plan.rng(ERASE, position), g, mine, self._erase)
+        return self._finish({"image": images, "label": self._source.labels[index]})
 
-    def _random_erase(self, images: np.ndarray, epoch: int, step: int, mine: slice) -> np.ndarray:
-        # Boxes and noise are drawn for the whole global batch and sliced, as the crops: the
-        # same global batch for any number of processes.
-        _, height, width, channels = images.shape
-        g = self._global_batch_size
-        rng = np.random.default_rng([self._seed, _ERASE, epoch, step])
-        boxes = augment.draw_erase_boxes(rng, g, height, width, self._erase)
-        noise = rng.integers(0, 256, (g, height, width, channels), dtype=np.uint8)[mine]
-        return augment.erase(images, *(b[mine] for b in boxes), noise)
+    def _finish(self, batch: Batch) -> Batch:
+        if self._normalize_on_host:
+            batch["image"] = self._splits.normalize_images(batch["image"])
+        return batch
 
-    def _stream_batch(self, index: np.ndarray, epoch: int, step: int, offset: int):
-        rows = self._source.read(index)
-        size = self._splits.image_shape[0]
-
-        def one(j: int) -> np.ndarray:
-            rng = np.random.default_rng([self._seed, _AUGMENT, epoch, step, offset + j])
-            if not self._crop:
-                return augment.eval_crop(rows[j]["image"], size)
-            return augment.train_crop(rows[j]["image"], rng, size, self._flip)
-
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
-        images = np.stack(list(self._pool.map(one, range(len(rows)))))
-        return images, np.array([r["label"] for r in rows], np.int32)
-
-    def _make(self, position: int) -> Batch:
-        return _to_global(self.host_batch(position), self._mesh, self._global_batch_size)
+    def _make(self, position: int) -> tuple[Batch, int]:
+        """(batch `position` on the mesh, examples skipped in it); positions in order."""
+        if self._disk is None:
+            batch, skipped = self.host_batch(position), 0
+        else:
+            batch, skipped_examples = self._disk.next(position)
+            batch, skipped = self._finish(batch), len(skipped_examples)
+        return _to_global(batch, self._mesh, self._global_batch_size), skipped
 
 
 def eval_batches(
@@ -328,48 +398,58 @@ def eval_batches(
     prefetch_batches: int = 2,
     process_index: int | None = None,
     process_count: int | None = None,
+    data_config: ml_collections.ConfigDict | None = None,
+    normalize_on_host: bool = True,
 ) -> Iterator[Batch]:
     """Every example of `source` exactly once, in order: {'image', 'label', 'mask'}.
 
     The last batch is padded (mask 0.0 on padding, 1.0 on real examples) so that every batch
     has `global_batch_size` rows and every process runs ceil(len(source) / global_batch_size)
-    steps. Images are normalised as in training, not augmented (datasets read from disk: resize
-    and center crop).
+    steps. Images are not augmented (datasets read from disk: resize and center crop, in
+    `config.data.workers` processes, no more than there are batches) and come as uint8 or, with
+    `normalize_on_host`, normalised float32 as in training. An example of a dataset on disk that
+    does not decode is an error or, with `config.data.corrupt_images='skip'`, masked out.
     """
     process_index, process_count = _processes(process_index, process_count)
-    n_local = _local_batch_size(global_batch_size, process_count, mesh, "global_batch_size")
+    _local_batch_size(global_batch_size, process_count, mesh, "global_batch_size")
     steps = math.ceil(len(source) / global_batch_size)
-    mean = splits.mean if splits.normalize else None
-    std = splits.std if splits.normalize else None
-    pool = None
+    from_disk = None
     if isinstance(source, StreamSource):
-        pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
+        corrupt = disk.check_corrupt_images(
+            "error" if data_config is None else data_config.get("corrupt_images", "error")
+        )
+        make = disk.EvalBatches(
+            source, splits.image_shape[0], global_batch_size, process_index, process_count, corrupt
+        )
+        workers = min(workers_of(data_config), steps) if steps > 1 else 0
+        from_disk = _FromDisk(make, workers, steps, "evaluation")
 
-    def make(step: int) -> Batch:
-        start = step * global_batch_size + process_index * n_local
-        index = np.arange(start, start + n_local)
-        real = index < len(source)
-        index = np.where(real, index, 0)  # padding rows repeat example 0, masked out
-        if isinstance(source, ArraySource):
-            images, labels = source.images[index], source.labels[index]
+    def make_batch(step: int) -> Batch:
+        if from_disk is not None:
+            batch = from_disk.next(step)[0]
         else:
-            rows = source.read(index)
-            size = splits.image_shape[0]
-            images = np.stack(list(pool.map(lambda r: augment.eval_crop(r["image"], size), rows)))
-            labels = np.array([r["label"] for r in rows], np.int32)
-        batch = {
-            "image": augment.normalize(images, mean, std),
-            "label": labels.astype(np.int32),
-            "mask": real.astype(np.float32),
-        }
+            n = global_batch_size // process_count
+            start = step * global_batch_size + process_index * n
+            index = np.arange(start, start + n)
+            real = index < len(source)
+            index = np.where(real, index, 0)  # padding rows repeat example 0, masked out
+            batch = {
+                "image": source.images[index],
+                "label": source.labels[index].astype(np.int32),
+                "mask": real.astype(np.float32),
+            }
+        if normalize_on_host:
+            batch["image"] = splits.normalize_images(batch["image"])
         return _to_global(batch, mesh, global_batch_size)
 
-    prefetcher = _Prefetcher(make, 0, steps, prefetch_batches) if prefetch_batches > 0 else None
+    prefetcher = (
+        _Prefetcher(make_batch, 0, steps, prefetch_batches) if prefetch_batches > 0 else None
+    )
     try:
         for step in range(steps):
-            yield make(step) if prefetcher is None else prefetcher.get()[1]
+            yield make_batch(step) if prefetcher is None else prefetcher.get()[1]
     finally:
         if prefetcher is not None:
             prefetcher.close()
-        if pool is not None:
-            pool.shutdown(wait=False)
+        if from_disk is not None:
+            from_disk.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from resjax.data import builders
+from resjax.data import augment, builders
 from resjax.data.errors import (
     TF_EXTRA,
     DataError,
@@ -71,7 +72,7 @@ class StreamSource:
 
     Examples [start, stop) of a `tfds.data_source`; images come out as they are stored (encoded
     bytes when `decoders` skipped decoding, else uint8 arrays) and are decoded per batch by
-    `augment.decode_and_crop`.
+    `resjax.data.disk`, in worker processes. Picklable: workers unpickle it and read by index.
     """
 
     data_source: Any
@@ -79,9 +80,15 @@ class StreamSource:
     stop: int
     image_key: str = "image"
     label_key: str = "label"
+    name: str = ""  # dataset and TFDS split string, to name an example in messages
+    split: str = ""
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    def describe(self, i: int) -> str:
+        """Example `i` of this part, as TFDS numbers it: 'imagenet2012 'train' record 17'."""
+        return f"{self.name or 'dataset'} {self.split!r} record {self.start + i}"
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.read([i])[0]
@@ -133,6 +140,14 @@ class Splits:
         """True when the splits are numpy arrays (small datasets), False when read from disk."""
         return isinstance(self.train, ArraySource)
 
+    def normalize_images(self, images):
+        """uint8 images [..., C] -> the network's float32 input: (x - mean) / std per channel,
+        or x / 255 when `normalize` is off. On numpy arrays, or on jax arrays inside a jitted
+        step (the same bits either way)."""
+        if not self.normalize:
+            return augment.normalize(images, None, None)
+        return augment.normalize(images, self.mean, self.std)
+
 
 def dataset_names() -> list[str]:
     """resjax's own builders first, then every dataset TFDS registers (readable once prepared)."""
@@ -158,7 +173,7 @@ def _unknown(name: str) -> UnknownDatasetError:
     )
 
 
-def _tfds_builder(name: str, data_dir: Path) -> tfds.core.DatasetBuilder:
+def tfds_builder(name: str, data_dir: Path) -> tfds.core.DatasetBuilder:
     """The builder of a TFDS dataset prepared as array_record in `data_dir`."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -185,6 +200,28 @@ def _tfds_builder(name: str, data_dir: Path) -> tfds.core.DatasetBuilder:
             f"`tfds build {name} --file_format=array_record --data_dir={data_dir}`"
         )
     return builder
+
+
+def resized_name(name: str, short_side: int) -> str:
+    """The TFDS name of dataset `name` re-encoded with its shorter side at `short_side` pixels
+    (`python -m resjax.data.resize`): 'imagenet2012' -> 'imagenet2012_short160'."""
+    return f"{re.sub(r'[^a-z0-9_]', '_', name.lower())}_short{short_side}"
+
+
+def _resized(name: str, short_side: int, data_dir: Path) -> str:
+    """`resized_name`, after checking that it is prepared in `data_dir`."""
+    if short_side <= 0:
+        raise DataError(
+            f"config.data.short_side must be a positive number of pixels; got {short_side}"
+        )
+    resized = resized_name(name, short_side)
+    if not (data_dir / resized).is_dir():
+        raise MissingDataError(
+            f"{name} re-encoded with its shorter side at {short_side} px ({resized}) is not "
+            f"prepared in {data_dir}; prepare it once: python -m resjax.data.resize "
+            f"--dataset={name} --short_side={short_side} --data_dir={data_dir}"
+        )
+    return resized
 
 
 def _check_split(builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -260,10 +297,17 @@ def load_splits(
     name = data_config.name
     data_dir = data_dir_of(data_config)
     if name in builders.BUILDERS:
+        if data_config.get("short_side"):
+            raise DataError(
+                f"config.data.short_side applies to JPEG datasets read from disk; {name} is "
+                "held in memory as arrays: leave it unset"
+            )
         builder = builders.prepare(name, data_dir, data_config.get("manual_dir"))
         image_key, label_key = "image", "label"
     else:
-        builder = _tfds_builder(name, data_dir)
+        if data_config.get("short_side"):
+            name = _resized(name, int(data_config.short_side), data_dir)
+        builder = tfds_builder(name, data_dir)
         image_key, label_key = builder.info.supervised_keys or ("image", "label")
     if test_split is None:
         test_split = "test" if "test" in builder.info.splits else "validation"
@@ -289,7 +333,9 @@ def load_splits(
             else None
         )
         train, test = (
-            StreamSource(builder.as_data_source(s, decoders=decoders), 0, n, image_key, label_key)
+            StreamSource(
+                builder.as_data_source(s, decoders=decoders), 0, n, image_key, label_key, name, s
+            )
             for s, n in ((train_split, n_train), (test_split, n_test))
         )
         image_shape = (STREAM_IMAGE_SIZE, STREAM_IMAGE_SIZE, 3)  # decoded as RGB
@@ -317,9 +363,11 @@ def load_splits(
 def _stream_stats(train: StreamSource) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean/std estimated from evenly spaced examples (decoding all of ImageNet to
     compute them exactly would take hours)."""
-    from resjax.data import augment  # Pillow is needed only for datasets read from disk
-
     step = max(1, len(train) // _STATS_SAMPLE)
-    rows = train.read(range(0, len(train), step))
-    pixels = np.concatenate([augment.decode(r["image"]).reshape(-1, 3) for r in rows])
-    return _channel_stats(pixels[None])
+    pixels = []
+    for row in train.read(range(0, len(train), step)):
+        try:
+            pixels.append(augment.decode(row["image"]).reshape(-1, 3))
+        except augment.UNDECODABLE:  # a corrupt image: the pipeline's corrupt_images decides
+            continue
+    return _channel_stats(np.concatenate(pixels)[None])
