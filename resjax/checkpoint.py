@@ -3,34 +3,56 @@
 Layout of a run's workdir::
 
     checkpoints/<step>/state     the TrainState arrays (params, batch_stats, opt_state, step, rng)
-    checkpoints/<step>/meta      JSON: data iterator position, model, parameter shapes, config
+    checkpoints/<step>/meta      JSON: data iterator position, model, parameter shapes, config,
+                                 the latest logged numbers, and a SHA-256 of all that
+    checkpoints/<step>.unrestorable   a step that could not be restored, moved aside (kept)
     resume_log.jsonl             one line per resume that changed a (safe) config value
 
 Saves are asynchronous (Orbax writes in the background while training goes on) and atomic
 (Orbax writes into a temporary folder and renames it when complete, so a process killed mid-save
 leaves the previous checkpoint as the latest; the temporary folder is removed on the next start).
 Kept: the latest `keep_checkpoints`, plus the best by validation error.
+
+What goes wrong on real disks: a step that cannot be read back (truncated, bit-flipped or
+missing files, JSON that no longer parses or no longer matches its digest) is skipped for the
+newest one that can; a run moves such a step aside (renamed, never deleted), a reader
+(export, evaluation) only says which step it used. A save that fails (disk full, read-only
+workdir) raises CheckpointSaveError naming that step and the last good one, with the partial
+folder removed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from resjax.config import SAFE_ON_RESUME
+from resjax.config import SAFE_ON_RESUME, model_overrides
+from resjax.models.portable import Portable
 
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
+MOVED_ASIDE = ".unrestorable"  # Orbax lists only all-digit folder names, so it ignores these
+DIGEST = "sha256"  # the meta key holding the digest of the rest of the meta
+
+T = TypeVar("T")
 
 
 class CheckpointMismatchError(ValueError):
@@ -39,6 +61,14 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointSaveError(OSError):
     """A save failed (disk full, permissions); the last good checkpoint is kept."""
+
+
+class CheckpointUnreadableError(OSError):
+    """The workdir holds checkpoints, but none of them can be read; nothing was changed."""
+
+
+class _Unreadable(Exception):
+    """One step cannot be read back; the message is the reason, one line."""
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -70,11 +100,40 @@ def state_arrays(state: Any) -> dict[str, Any]:
     return {name: getattr(state, name) for name in STATE_FIELDS}
 
 
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A step that could not be read, why, and where it was moved (None: left in place)."""
+
+    step: int
+    reason: str
+    moved_to: Path | None = None
+
+    def describe(self, used: int) -> str:
+        """One line for the console: which step, why, what was done, which step is used."""
+        if self.moved_to is None:
+            return f"the checkpoint at step {self.step} cannot be read ({self.reason}); using step {used}"
+        return (
+            f"the checkpoint at step {self.step} cannot be restored ({self.reason}); moved it "
+            f"aside to {self.moved_to} and resuming from step {used}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What a restore found: the step, its state and meta, and the newer steps it skipped."""
+
+    step: int
+    state: dict[str, Any]
+    meta: dict[str, Any]
+    skipped: list[Skipped]
+
+
 class Checkpointer:
     """Saves and restores one run's TrainState and data position in `workdir/checkpoints`."""
 
     def __init__(self, workdir: str | Path, *, keep: int = 2, track_best: bool = True):
         self.directory = Path(workdir).absolute() / "checkpoints"
+        self.track_best = track_best
         preserve = [policies.LatestN(n=max(1, keep))]
         if track_best:
             # BestN alone keeps only the best-ranked steps, so it would delete a newest checkpoint
@@ -84,7 +143,7 @@ class Checkpointer:
             preserve.append(
                 policies.BestN(get_metric_fn=lambda m: m["val_error"], reverse=True, n=1)
             )
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(preserve),
             # Orbax writes the metrics given to save() only when best_fn is set; best_step()
             # reads them.
@@ -93,21 +152,224 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # removes what a process killed mid-save left
             enable_async_checkpointing=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager: ocp.CheckpointManager | None = None
+        self._pending: int | None = None  # the step whose asynchronous save may still run
+        _quiet_reported_orbax_errors()
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        """Orbax's manager, opened on first use (see `open`)."""
+        return self._manager if self._manager is not None else self.open()
+
+    def open(self) -> ocp.CheckpointManager:
+        """Opens Orbax's manager, which removes the temporary folders a killed save left. It
+        reads every step's metrics as it opens, and a metrics file that does not parse stops
+        it: `restore` moves such steps aside first."""
+        if self._manager is None:
+            try:
+                self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+            except Exception as e:
+                raise CheckpointUnreadableError(
+                    f"cannot list the checkpoints in {self.directory} ({_reason(e)})"
+                ) from e
+        return self._manager
+
+    # --- which steps there are ---
+
+    def steps_on_disk(self) -> list[int]:
+        """The complete (finalized) steps in the directory, newest first; no Orbax manager."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(ocp.path.step.checkpoint_steps(self.directory), reverse=True)
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest step saved or being saved by this process, else the newest on disk."""
+        if self._manager is not None:
+            return self._manager.latest_step()
+        steps = self.steps_on_disk()
+        return steps[0] if steps else None
 
     def best_step(self) -> int | None:
+        """The step with the lowest recorded validation error (the latest without one)."""
         return self.manager.best_step()
 
-    def read_meta(self, step: int | None = None) -> dict[str, Any] | None:
-        """The JSON metadata saved beside the state at `step` (default: latest)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+    def steps_by_preference(self, which: str) -> list[int]:
+        """Steps on disk in the order a reader should try them: 'latest' newest first; 'best'
+        lowest recorded validation error first (ties: the newest; a step without a readable
+        metric after every step with one), as Orbax's best_step ranks them."""
+        newest_first = self.steps_on_disk()
+        if which == "latest" or not self.track_best:
+            return newest_first
+        ranked = {s: v for s in newest_first if (v := self._val_error(s)) is not None}
+        unranked = [s for s in newest_first if s not in ranked]
+        return sorted(ranked, key=lambda s: (ranked[s], -s)) + unranked
+
+    def _val_error(self, step: int) -> float | None:
+        try:
+            metrics = json.loads((self.directory / str(step) / "metrics" / "metrics").read_text())
+            return float(metrics["val_error"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return restored["meta"]
+
+    # --- reading ---
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata saved beside the state at `step`, its digest checked.
+
+        Raises CheckpointUnreadableError when it cannot be read."""
+        try:
+            return self._read_meta(step)
+        except _Unreadable as e:
+            raise CheckpointUnreadableError(
+                f"the checkpoint at step {step} in {self.directory} cannot be read ({e})"
+            ) from e
+
+    def restore(
+        self,
+        abstract_state: Any,
+        sharding: jax.sharding.Sharding,
+        check_meta: Callable[[dict[str, Any]], None] = lambda meta: None,
+    ) -> Restored | None:
+        """The newest step that restores (None: no checkpoint yet), each array placed with
+        `sharding` (any device count: the checkpoint does not fix it); `abstract_state` comes
+        from `jax.eval_shape`.
+
+        `check_meta` may refuse a checkpoint (CheckpointMismatchError: another model), which
+        stops the search. Newer steps that cannot be restored are moved aside once an older
+        one has restored, so that Orbax never lists them again; when none restores, nothing
+        is moved and CheckpointUnreadableError says why each failed.
+        """
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            state_arrays(abstract_state),
+        )
+
+        def read(step: int) -> tuple[dict, dict]:
+            meta = self._read_meta(step)
+            check_meta(meta)
+            self._check_metrics(step)
+            return self._read_state(step, ocp.args.StandardRestore(target)), meta
+
+        found = self.newest_readable(read, self.steps_on_disk(), verb="restored")
+        if found is None:
+            return None
+        step, (state, meta), skipped = found
+        skipped = [self._move_aside(s) for s in skipped]
+        skipped += [self._move_aside(s) for s in self._older_with_bad_metrics(step)]
+        self.open()  # now that Orbax will list only steps that restore
+        return Restored(step=step, state=state, meta=meta, skipped=skipped)
+
+    def read_host(self, which: str = "latest") -> Restored:
+        """The latest (or best) step that reads, as host numpy arrays; nothing is moved or
+        written (a training run may be using the directory). For evaluation, export and
+        diagnostics: no model is needed, and any device count reads it."""
+
+        def read(step: int) -> tuple[dict, dict]:
+            meta = self._read_meta(step)
+            # As host numpy arrays: the saved shardings name the saving run's devices, which a
+            # multi-process run's (or any other device count's) reader does not have.
+            try:
+                saved = ocp.StandardCheckpointHandler().metadata(
+                    self.directory / str(step) / "state"
+                )
+            except Exception as e:
+                raise _Unreadable(_item_reason("state", e, self.directory / str(step))) from e
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+            return self._read_state(step, ocp.args.PyTreeRestore(restore_args=as_numpy)), meta
+
+        found = self.newest_readable(read, self.steps_by_preference(which), verb="read")
+        if found is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        step, (state, meta), skipped = found
+        return Restored(step=step, state=state, meta=meta, skipped=skipped)
+
+    def newest_readable(
+        self, read: Callable[[int], T], steps: list[int], verb: str
+    ) -> tuple[int, T, list[Skipped]] | None:
+        """(step, read(step), the steps skipped before it) for the first of `steps` that every
+        process reads; None when `steps` is empty. Raises CheckpointUnreadableError when none
+        reads."""
+        skipped = []
+        for step in steps:
+            try:
+                value, reason = read(step), None
+            except _Unreadable as e:
+                value, reason = None, str(e)
+            if not _on_every_process(reason is None):
+                # Every process must resume from the same step, or the first collective hangs.
+                skipped.append(Skipped(step, reason or "unreadable on another process"))
+                continue
+            return step, value, skipped
+        if not skipped:
+            return None
+        listed = "; ".join(f"step {s.step}: {s.reason}" for s in skipped)
+        raise CheckpointUnreadableError(
+            f"no checkpoint in {self.directory} can be {verb} ({listed}); nothing was changed. "
+            "Restore the folder from a copy, or start afresh in another --workdir"
+        )
+
+    def _restore_items(self, step: int, **items: Any) -> dict[str, Any]:
+        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        try:
+            return checkpointer.restore(
+                self.directory / str(step), args=ocp.args.Composite(**items)
+            )
+        finally:
+            checkpointer.close()
+
+    def _read_meta(self, step: int) -> dict[str, Any]:
+        try:
+            meta = self._restore_items(step, meta=ocp.args.JsonRestore())["meta"]
+        except Exception as e:
+            raise _Unreadable(_item_reason("meta", e, self.directory / str(step))) from e
+        if not isinstance(meta, dict):
+            raise _Unreadable(f"meta: expected a JSON object, got {type(meta).__name__}")
+        expected = meta.get(DIGEST)
+        if expected is not None and expected != _digest(meta):
+            raise _Unreadable("meta: its content does not match its SHA-256 (altered on disk)")
+        return meta
+
+    def _read_state(self, step: int, args: ocp.args.CheckpointArgs) -> dict[str, Any]:
+        try:
+            return self._restore_items(step, state=args)["state"]
+        except Exception as e:
+            raise _Unreadable(_item_reason("state", e, self.directory / str(step))) from e
+
+    def _check_metrics(self, step: int) -> None:
+        """Orbax's manager reads every step's metrics file when it opens: one that does not
+        parse would stop it (a missing one it tolerates)."""
+        path = self.directory / str(step) / "metrics" / "metrics"
+        if not path.exists():
+            return
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise _Unreadable(_item_reason("metrics", e, self.directory / str(step))) from e
+
+    def _older_with_bad_metrics(self, restored: int) -> list[Skipped]:
+        older = []
+        for step in self.steps_on_disk():
+            if step < restored:
+                try:
+                    self._check_metrics(step)
+                except _Unreadable as e:
+                    older.append(Skipped(step, str(e)))
+        return older
+
+    def _move_aside(self, skipped: Skipped) -> Skipped:
+        """Renames the step's folder to `<step>.unrestorable[-n]` (process 0; the others wait)."""
+        target = self.directory / f"{skipped.step}{MOVED_ASIDE}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.directory / f"{skipped.step}{MOVED_ASIDE}-{n}"
+        if jax.process_index() == 0:
+            (self.directory / str(skipped.step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"resjax moved step {skipped.step} aside")
+        return dataclasses.replace(skipped, moved_to=target)
+
+    # --- saving ---
 
     def save(
         self,
@@ -119,58 +381,148 @@ class Checkpointer:
     ) -> None:
         """Saves `state` at its step (asynchronously unless `wait`).
 
-        `val_error` ranks checkpoints for "best"; None (no evaluation yet) ranks last.
+        A step already saved or being saved is not saved again (a preemption on a periodic
+        save's step reuses that save). `val_error` ranks checkpoints for "best"; None (no
+        evaluation yet) ranks last. Raises CheckpointSaveError, naming the step that failed,
+        when this save or the previous asynchronous one could not be written.
         """
         step = int(jax.device_get(state.step))
-        metrics = {"val_error": float("inf") if val_error is None else float(val_error)}
-        try:
-            self.manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state_arrays(state)),
-                    meta=ocp.args.JsonSave(meta),
-                ),
-                metrics=metrics,
-                force=True,
-            )
-            if wait:
-                self.manager.wait_until_finished()
-        except Exception as e:  # Orbax raises many kinds; all mean the same to the user
-            last = [s for s in self.manager.all_steps() if s != step]
-            kept = f"step {max(last)}" if last else "none yet"
-            raise CheckpointSaveError(
-                f"checkpoint save at step {step} in {self.directory} failed ({e}); the last good "
-                f"checkpoint ({kept}) is kept"
-            ) from e
-
-    def restore(
-        self, abstract_state: Any, sharding: jax.sharding.Sharding, step: int | None = None
-    ) -> tuple[dict, dict]:
-        """Restores (state arrays, meta) at `step` (default latest), each array placed with
-        `sharding` (any device count: the checkpoint does not fix it). `abstract_state` comes
-        from `jax.eval_shape`."""
-        step = self.latest_step() if step is None else step
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            state_arrays(abstract_state),
-        )
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], restored["meta"]
+        if step not in self.manager.all_steps():
+            self.wait()  # a failure of the previous save is reported under its own step
+            metrics = {"val_error": float("inf") if val_error is None else float(val_error)}
+            try:
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state_arrays(state)),
+                        meta=ocp.args.JsonSave({**meta, DIGEST: _digest(meta)}),
+                    ),
+                    metrics=metrics,
+                    force=True,
+                )
+            except Exception as e:  # Orbax raises many kinds; all mean the same to the user
+                self._failed(step, e)
+            self._pending = step
+        if wait:
+            self.wait()
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous save is on disk."""
+        step, self._pending = self._pending, None
+        if step is None or self._manager is None:
+            return
         try:
-            self.manager.wait_until_finished()
+            self._manager.wait_until_finished()
         except Exception as e:
-            raise CheckpointSaveError(f"checkpoint save in {self.directory} failed ({e})") from e
+            self._failed(step, e)
+
+    def _failed(self, step: int, error: Exception) -> None:
+        """Removes the failed step's temporary folder; raises CheckpointSaveError."""
+        leftover = ""
+        if jax.process_index() == 0:
+            for path in self.directory.glob(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}*"):
+                try:
+                    shutil.rmtree(path)
+                except OSError as e:
+                    leftover = f"; could not remove {path} ({_reason(e)})"
+        self.manager.reload()  # forget the step Orbax had listed when the save began
+        kept = [s for s in self.steps_on_disk() if s != step]
+        raise CheckpointSaveError(
+            f"checkpoint save at step {step} in {self.directory} failed ({_reason(error)}); "
+            f"the last good checkpoint ({f'step {kept[0]}' if kept else 'none yet'}) is kept"
+            + leftover
+        ) from error
 
     def close(self) -> None:
-        self.manager.close()
+        """Waits for the pending save (raising if it failed), then releases Orbax's threads."""
+        try:
+            self.wait()
+        finally:
+            if self._manager is not None:
+                manager, self._manager = self._manager, None
+                try:
+                    manager.close()
+                except Exception:  # a failed save is reported by wait(), not twice
+                    pass
+
+
+def _digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the meta without its digest: a bit flip that leaves valid JSON is caught."""
+    rest = {k: v for k, v in meta.items() if k != DIGEST}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _on_every_process(ok: bool) -> bool:
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+def _item_reason(item: str, error: BaseException, step_folder: Path) -> str:
+    """'state/_sharding: Invalid JSON (...)', or 'meta: JSONDecodeError: ...' where the error
+    names no file."""
+    reason = _reason(error, step_folder)
+    return reason if reason.startswith(f"{item}/") else f"{item}: {reason}"
+
+
+def _reason(error: BaseException, folder: Path | None = None) -> str:
+    """A short one-line reason: '[Errno 28] No space left on device', or the innermost clause of
+    TensorStore's message and the file it names (not its kilobytes of spec), paths relative to
+    `folder`."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, OSError) and e.errno and e.strerror:
+            return f"[Errno {e.errno}] {e.strerror}"
+    text = " ".join(str(error).split())
+    if code := re.search(r"os_error_code='(\d+)'", text):
+        return f"[Errno {code.group(1)}] {os.strerror(int(code.group(1)))}"
+    text = re.sub(r"\s*\[tensorstore_spec.*$", "", text)  # kilobytes of JSON
+    if status := re.match(r"([A-Z][A-Z_]+): (.*)", text):  # a TensorStore status
+        files = re.findall(r'file "([^"]+)"', status.group(2))
+        detail = status.group(2).rsplit(": ", 1)[-1]
+        text = f"{files[-1]}: {detail}" if files else detail
+        text += f" ({status.group(1)})"
+    else:
+        text = f"{type(error).__name__}: {text}"
+    if folder is not None:
+        text = text.replace(f"{folder}/", "").replace(str(folder), ".")
+    return text
+
+
+class _DropReported(logging.Filter):
+    """Drops Orbax's ERROR records that carry a traceback: Orbax logs each failure of a
+    background save from every thread it passes through (four tracebacks for one full disk),
+    and re-raises it; resjax reports it once, in one line (the traceback stays on the raised
+    error's cause)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno >= logging.ERROR
+            and record.exc_info
+            and f"{os.sep}orbax{os.sep}" in record.pathname
+        )
+
+
+class _IgnoreClosedLoop:
+    """sys.unraisablehook that drops "Event loop is closed": a failed restore closes Orbax's
+    asyncio loop while TensorStore still reads other arrays, and each late read reports that,
+    a dozen tracebacks after the error that matters (which resjax reports)."""
+
+    def __init__(self, previous: Callable[[Any], None]):
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            self.previous(unraisable)
+
+
+def _quiet_reported_orbax_errors() -> None:
+    """Installs _DropReported and _IgnoreClosedLoop (again if a test runner replaced it)."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropReported) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropReported())
+    if not isinstance(sys.unraisablehook, _IgnoreClosedLoop):
+        sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
 
 
 def check_compatible(
@@ -229,9 +581,9 @@ class PreemptionWatch:
         self._requested = threading.Event()
         self._signal = None
         self._previous = {}
-        self._multiprocess = jax.process_count() > 1
+        self.multiprocess = jax.process_count() > 1
         if threading.current_thread() is threading.main_thread():
-            signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+            signals = (signal.SIGINT,) if self.multiprocess else (signal.SIGTERM, signal.SIGINT)
             for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -241,15 +593,19 @@ class PreemptionWatch:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the final save
         self._signal = signal.Signals(signum).name
         self._requested.set()
-        if self._multiprocess:
+        if self.multiprocess:
             os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service (its handler)
 
     def requested(self, step: int) -> bool:
-        """True when the run should checkpoint at `step` and stop (same answer on all processes)."""
-        if self._multiprocess:
-            from jax.experimental import multihost_utils
-
+        """True when the run should checkpoint at `step` and stop (same answer on all processes).
+        Every process must ask at every step, in order."""
+        if self.multiprocess:
             return multihost_utils.reached_preemption_sync_point(step)
+        return self._requested.is_set()
+
+    @property
+    def arrived_here(self) -> bool:
+        """Whether this process got a signal (no collective: for messages, not for stopping)."""
         return self._requested.is_set()
 
     @property
@@ -262,36 +618,68 @@ class PreemptionWatch:
         self._previous = {}
 
 
-def load_variables(
-    workdir: str | Path, which: str = "latest"
-) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """(config, {'params', 'batch_stats'}) of a run's latest or best checkpoint, as host arrays.
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A run's weights as `load_checkpoint` read them.
 
-    For evaluation, export and diagnostics: no optimizer state, no model needed to restore.
+    Attributes:
+      config: the run's config, as recorded beside the weights.
+      variables: {'params', 'batch_stats'} as host numpy arrays.
+      step: the step they are from.
+      skipped: the steps tried before it that could not be read (left in place).
+    """
+
+    config: ml_collections.ConfigDict
+    variables: dict[str, Any]
+    step: int
+    skipped: list[Skipped]
+
+    def portable(self) -> Portable:
+        """The weights with the model they belong to, as resjax.export writes them."""
+        num_classes = int(np.shape(self.variables["params"]["classifier"]["bias"])[0])
+        return Portable(
+            model_name=self.config.model.name,
+            overrides=model_overrides(self.config, num_classes),
+            config=self.config.to_dict(),
+            variables=self.variables,
+        )
+
+    def warnings(self) -> list[str]:
+        """One line per skipped step: which, why, and that this step is used instead."""
+        return [f"warning: {s.describe(self.step)}" for s in self.skipped]
+
+
+def load_checkpoint(workdir: str | Path, which: str = "latest") -> Loaded:
+    """The weights of a run's latest or best checkpoint that can be read, and which step that is.
+
+    For evaluation, export and diagnostics: no optimizer state, no model needed to restore,
+    nothing in the workdir changed. A step that cannot be read is skipped for the next one
+    (listed in `skipped`); CheckpointUnreadableError when none can be read.
     """
     workdir = Path(workdir)
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best'; got {which!r}")
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"no checkpoints in {workdir} (expected {workdir}/checkpoints)")
-    ckpt = Checkpointer(workdir)
-    try:
-        step = ckpt.best_step() if which == "best" else ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {workdir}/checkpoints")
-        # As host numpy arrays: the saved shardings name the saving run's devices, which a
-        # multi-process run's (or any other device count's) reader does not have.
-        saved = ocp.StandardCheckpointHandler().metadata(ckpt.directory / str(step) / "state")
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-        restored = ckpt.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(restore_args=as_numpy), meta=ocp.args.JsonRestore()
-            ),
-        )
-    finally:
-        ckpt.close()
-    state, meta = restored["state"], restored["meta"]
-    config = ml_collections.ConfigDict(meta["config"])
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    return config, jax.tree.map(np.asarray, variables)
+    # Without metrics files (no validation split) "best" falls back to the latest, as in Orbax.
+    ckpt = Checkpointer(workdir, track_best=True)
+    found = ckpt.read_host(which)
+    variables = {"params": found.state["params"], "batch_stats": found.state["batch_stats"]}
+    return Loaded(
+        config=ml_collections.ConfigDict(found.meta["config"]),
+        variables=jax.tree.map(np.asarray, variables),
+        step=found.step,
+        skipped=found.skipped,
+    )
+
+
+def load_variables(
+    workdir: str | Path, which: str = "latest"
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """(config, {'params', 'batch_stats'}) of a run's latest or best readable checkpoint, as
+    host arrays; a step skipped because it cannot be read is said on stderr (load_checkpoint)."""
+    loaded = load_checkpoint(workdir, which)
+    if jax.process_index() == 0:
+        for line in loaded.warnings():
+            print(line, file=sys.stderr)
+    return loaded.config, loaded.variables

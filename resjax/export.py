@@ -3,32 +3,40 @@
     python -m resjax.export --workdir=runs/r56 --out=r56.msgpack [--which=best] [--overwrite]
 
 The file holds params, batch_stats, the model name and overrides, and the run's config;
-`resjax.models.load_params(FILE).model()` rebuilds the network without resjax's trainer. Bad
-input is answered with one `error:` line (resjax.cli).
+`resjax.models.load_params(FILE).model()` rebuilds the network without resjax's trainer. It
+says which step it wrote: a newer step that cannot be read (a damaged disk, a half-copied
+workdir) is skipped with a warning naming it and why, and nothing in the workdir changes. Bad
+input, or no readable checkpoint, is answered with one `error:` line (resjax.cli).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from resjax import checkpoint, cli
-from resjax.config import model_overrides
 from resjax.models import save_params
 
 
 def export(workdir: str | Path, out: str | Path, which: str = "latest", overwrite: bool = False):
-    """Writes the latest (or best) checkpoint of `workdir` to `out`; returns the path."""
-    config, variables = checkpoint.load_variables(workdir, which)
-    num_classes = int(np.shape(variables["params"]["classifier"]["bias"])[0])
+    """Writes the latest (or best) readable checkpoint of `workdir` to `out`; returns the path.
+    A newer step that cannot be read is skipped, with a warning on stderr."""
+    loaded = checkpoint.load_checkpoint(workdir, which)
+    for line in loaded.warnings():
+        print(line, file=sys.stderr)
+    return write(loaded, out, overwrite)
+
+
+def write(loaded: checkpoint.Loaded, out: str | Path, overwrite: bool = False) -> Path:
+    """Writes weights read by `checkpoint.load_checkpoint` to `out` (msgpack or .npz)."""
+    portable = loaded.portable()
     return save_params(
         out,
-        variables,
-        model_name=config.model.name,
-        model_overrides=model_overrides(config, num_classes),
-        config=config,
+        portable.variables,
+        model_name=portable.model_name,
+        model_overrides=portable.overrides,
+        config=loaded.config,
         overwrite=overwrite,
     )
 
@@ -40,9 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--which", choices=("latest", "best"), default="latest")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    return cli.run(
-        lambda: print(f"wrote {export(args.workdir, args.out, args.which, args.overwrite)}")
-    )
+
+    def run() -> None:
+        loaded = checkpoint.load_checkpoint(args.workdir, args.which)
+        for line in loaded.warnings():
+            print(line, file=sys.stderr)
+        path = write(loaded, args.out, args.overwrite)
+        print(f"wrote {path} (step {loaded.step} of {args.workdir}, the {args.which} readable)")
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
     results = train_and_evaluate(config, "runs/r20")   # also written to runs/r20/results.json
 
-Resumes automatically from the latest checkpoint in the workdir; a finished run returns its
-results without training. What the workdir holds: resjax.workdir.
+Resumes automatically from the latest checkpoint in the workdir that restores (a damaged newer
+one is moved aside, with a warning); a finished run returns its results without training. A
+SIGTERM/SIGINT at any moment saves a checkpoint and raises Preempted (exit status 0). What the
+workdir holds: resjax.workdir.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,14 +58,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir = Path(workdir)
     check_workdir(workdir)
     _use_compilation_cache(config)
-    run = _Run.prepare(config, workdir)
-    finished = run.finished_results()
-    if finished is not None:
-        return finished
-    state = run.initial_state()
-    run.record_start(int(state.step))
-    state, history = run.train(state)
-    return run.finish(state, history)
+    # From the start: a signal while the data load, the restore or the first compile run is a
+    # request to stop too, not a traceback (SIGINT) or a kill without a word (SIGTERM).
+    watch = checkpoint.PreemptionWatch()
+    try:
+        run = _Run.prepare(config, workdir)
+        finished = run.finished_results()
+        if finished is not None:
+            return finished
+        state = run.initial_state()
+        run.record_start(int(state.step))
+        state, history = run.train(state, watch)
+        return run.finish(state, history, watch)
+    finally:
+        watch.close()
 
 
 def check_workdir(workdir: Path) -> None:
@@ -121,6 +131,7 @@ class _Run:
     num_params: int
     ckpt: checkpoint.Checkpointer
     lead: bool  # process 0: writes the files and the console report
+    hook: _TestHook  # RESJAX_TEST_HOOK: a fault at a named moment, for tests
     # Set by the steps below, in order.
     resume_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
     start_step: int = 0
@@ -176,6 +187,7 @@ class _Run:
             num_params=sum(int(np.prod(s)) for s in param_shapes.values()),
             ckpt=ckpt,
             lead=jax.process_index() == 0,
+            hook=_TestHook.from_environment(),
         )
 
     # --- start: finished, resumed or new ---
@@ -186,10 +198,11 @@ class _Run:
         latest = self.ckpt.latest_step()
         if latest is None:
             return None
-        meta = self.ckpt.read_meta(latest)
-        self.resume_changes = checkpoint.check_compatible(
-            meta, self.param_shapes, self.config_json, self.workdir
-        )
+        try:
+            meta = self.ckpt.read_meta(latest)
+        except checkpoint.CheckpointUnreadableError:
+            return None  # initial_state falls back to an older step and says why
+        self._check_meta(meta)
         results_file = self.workdir / RESULTS
         if latest < self.total_steps or not results_file.exists():
             return None
@@ -199,14 +212,25 @@ class _Run:
             print(f"{self.workdir}: already finished at step {latest}; results in {results_file}")
         return json.loads(results_file.read_text())
 
+    def _check_meta(self, meta: dict[str, Any]) -> None:
+        self.resume_changes = checkpoint.check_compatible(
+            meta, self.param_shapes, self.config_json, self.workdir
+        )
+
     def initial_state(self) -> TrainState:
-        """The latest checkpoint's state and data position, or a new state at step 0."""
-        latest = self.ckpt.latest_step()
-        if latest is not None:
-            arrays, meta = self.ckpt.restore(self.abstract, self.parallel.replicated, latest)
-            state = self.abstract.replace(**arrays)
-            self.train_iter.set_state(meta["data"])
-            checkpoint.record_resume(self.workdir, latest, self.resume_changes)
+        """The state, data position and latest numbers of the newest checkpoint that restores
+        (newer ones that do not are moved aside, each with a warning), or a new state at 0."""
+        restored = self.ckpt.restore(self.abstract, self.parallel.replicated, self._check_meta)
+        if restored is not None:
+            if self.lead:
+                for skipped in restored.skipped:
+                    print(f"warning: {skipped.describe(restored.step)}", file=sys.stderr)
+            state = self.abstract.replace(**restored.state)
+            self.train_iter.set_state(restored.meta["data"])
+            # The numbers results.json reports come from the last log window and evaluation;
+            # a run resumed at its last step has neither left to run.
+            self.history = dict(restored.meta.get("history", {}))
+            checkpoint.record_resume(self.workdir, restored.step, self.resume_changes)
         else:
             state = self.init_state()
             self.train_iter.set_state({"batches_consumed": 0})
@@ -239,38 +263,56 @@ class _Run:
 
     # --- training ---
 
-    def train(self, state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+    def train(
+        self, state: TrainState, watch: checkpoint.PreemptionWatch
+    ) -> tuple[TrainState, dict[str, Any]]:
         """Steps from the state's step to total_steps: logs, evaluates and checkpoints on their
-        schedules; a SIGTERM/SIGINT saves a checkpoint and raises Preempted."""
+        schedules; a SIGTERM/SIGINT saves a checkpoint (or reuses the save of that step) and
+        raises Preempted."""
         self.run_start = time.perf_counter()
-        state = self.parallel.device_state(state)
-        watch = checkpoint.PreemptionWatch()
         try:
+            self.hook("start", self.start_step)
+            if not watch.multiprocess and watch.requested(self.start_step):
+                raise Preempted(self._stopped_before_training(watch))
+            state = self.parallel.device_state(state)
             state = self._steps(state, watch)
         except BaseException:
-            self.ckpt.wait()  # a save already under way still completes: never leave it half-done
-            self.ckpt.close()
+            self.ckpt.close()  # a save already under way still completes: never leave it half-done
             raise
         finally:
-            watch.close()
             self.train_iter.close()
             self.progress.close()
         return state, self.history
+
+    def _stopped_before_training(self, watch: checkpoint.PreemptionWatch) -> str:
+        kept = (
+            f"the checkpoint at step {self.start_step} is kept"
+            if self.start_step
+            else "no checkpoint yet, the rerun starts afresh"
+        )
+        return (
+            f"{watch.signal_name}: stopped before the first step, nothing new to save ({kept}); "
+            "rerun the same command to resume"
+        )
 
     def _steps(self, state: TrainState, watch: checkpoint.PreemptionWatch) -> TrainState:
         c = self.config
         metrics = self.parallel.empty_metrics()
         self.window = (time.perf_counter(), self.start_step)
+        self.hook.arm_compile()
         for step in range(self.start_step, self.total_steps):
             batch = next(self.train_iter)
             state, metrics = self.parallel.step(state, batch, metrics)
             done = step + 1
+            self.hook("step", done)
             if done % c.log_every_steps == 0 or done == self.total_steps:
                 self._log_train_window(step, metrics)
                 metrics = self.parallel.empty_metrics()
             if c.diagnostics_every_steps and done % c.diagnostics_every_steps == 0:
                 self.writer.write(done, self.parallel.diagnostics(self.model, state, batch))
             if done == self.total_steps:
+                if watch.requested(done):  # before the final evaluation, which the rerun runs
+                    self._preempt(state, done, watch)
                 break  # the final evaluation and checkpoint follow the loop
             if c.eval_every_steps and done % c.eval_every_steps == 0:
                 self._evaluate(state, done)
@@ -278,12 +320,16 @@ class _Run:
             if c.checkpoint_every_steps and done % c.checkpoint_every_steps == 0:
                 self._save(state)
             if watch.requested(done):
-                self._save(state, wait=True)
-                raise Preempted(
-                    f"{watch.signal_name}: saved a checkpoint at step {done} in {self.workdir}; "
-                    "rerun the same command to resume"
-                )
+                self._preempt(state, done, watch)
         return state
+
+    def _preempt(self, state: TrainState, step: int, watch: checkpoint.PreemptionWatch) -> None:
+        """Saves `step` (a save of it already under way is waited for, not repeated) and stops."""
+        self._save(state, wait=True)
+        raise Preempted(
+            f"{watch.signal_name}: saved a checkpoint at step {step} in {self.workdir}; "
+            "rerun the same command to resume"
+        )
 
     def _log_train_window(self, step: int, metrics) -> None:
         """Training loss, error, learning rate and speed since the last window; stops the run
@@ -318,6 +364,7 @@ class _Run:
     def _evaluate(self, state: TrainState, step: int, final: bool = False) -> None:
         """Every split there is (val, test), logged and kept in the history; at the end also
         the training examples when `config.eval_train_at_end` ('train_eval_error')."""
+        self.hook("final_eval" if final else "eval", step)
         out = {}
         names = {"val": "val", "test": "test"}
         if final and self.config.eval_train_at_end:
@@ -336,27 +383,41 @@ class _Run:
         ]
         self.progress.message(f"eval @ {step}: " + ", ".join(parts))
 
-    def _save(self, state: TrainState, wait: bool = False) -> None:
+    def _save(self, state: TrainState, wait: bool = False, kind: str = "save") -> None:
+        """Checkpoints `state` (asynchronously unless `wait`); `kind` names the moments around
+        it for the test hook: before_save, during_save, after_save (or ..._final_save)."""
         meta = {
             "data": self.train_iter.get_state(),
             "model_description": checkpoint.describe_model(self.config_json),
             "param_shapes": self.param_shapes,
             "config": self.config_json,
+            "history": self.history,
         }
         host = self.parallel.host_state(state)
-        self.ckpt.save(host, meta, self.history.get("val_error"), wait=wait)
+        step = int(jax.device_get(host.step))
+        self.hook(f"before_{kind}", step)
+        self.ckpt.save(host, meta, self.history.get("val_error"))
+        self.hook(f"during_{kind}", step)
+        if wait or self.hook.wants(f"after_{kind}", step):  # "after": once it is on disk
+            self.ckpt.wait()
+        self.hook(f"after_{kind}", step)
 
     # --- the end ---
 
-    def finish(self, state: TrainState, history: dict[str, Any]) -> dict[str, Any]:
-        """The final evaluation and checkpoint, then results.json (which means "finished")."""
+    def finish(
+        self, state: TrainState, history: dict[str, Any], watch: checkpoint.PreemptionWatch
+    ) -> dict[str, Any]:
+        """The final evaluation and checkpoint, then results.json (which means "finished").
+
+        A signal that arrives now is not a reason to stop: the run is done once they are
+        written, and says so."""
         # Usually total_steps; more when a run checkpointed past a total_steps lowered on resume.
         final_step = int(jax.device_get(self.parallel.host_state(state).step))
-        self._evaluate(state, final_step, final=True)
-        if self.ckpt.latest_step() != final_step:
-            self._save(state, wait=True)
-        self.ckpt.wait()
-        self.ckpt.close()
+        try:
+            self._evaluate(state, final_step, final=True)
+            self._save(state, wait=True, kind="final_save")  # not again when already saved
+        finally:
+            self.ckpt.close()
         results_file = self.workdir / RESULTS
         wall = time.perf_counter() - self.run_start
         if self.start_step and results_file.exists():  # a run extended on resume: time adds up
@@ -377,4 +438,84 @@ class _Run:
         if self.lead:
             write_json(results_file, results)
         self.writer.close()
+        if watch.arrived_here and self.lead:
+            print(
+                f"{watch.signal_name} arrived while the run was finishing; it finished at step "
+                f"{final_step} (results in {results_file})",
+                file=sys.stderr,
+            )
         return results
+
+
+class _TestHook:
+    """Fault injection at a named moment, for tests: RESJAX_TEST_HOOK=MOMENT[@STEP]:ACTION.
+
+    MOMENT: start (before the first step), compile (inside JAX's compilation of the first
+    train step, between lowering and XLA), step (after a train step, before what follows it:
+    step@TOTAL is the last one), eval and final_eval (as the evaluation starts),
+    before_save, during_save (Orbax's asynchronous write under way), after_save (on disk), and
+    the same three of final_save. @STEP: the first time at or after that step (default: the
+    first time). ACTION: SIGTERM or SIGINT (the process signals itself, as a scheduler would),
+    or pause=PATH (creates PATH and waits until it is deleted, so that a test can fill the
+    disk or make it read-only at that moment). Unset: every call is a no-op.
+    """
+
+    VARIABLE = "RESJAX_TEST_HOOK"
+    MOMENTS = (
+        "start compile step eval final_eval before_save during_save after_save before_final_save "
+        "during_final_save after_final_save"
+    ).split()
+
+    def __init__(self, moment: str | None = None, step: int = 0, action: str = ""):
+        if moment is not None and moment not in self.MOMENTS:
+            raise ValueError(
+                f"{self.VARIABLE}: moment must be one of {self.MOMENTS}; got {moment!r}"
+            )
+        if (
+            moment is not None
+            and action not in ("SIGTERM", "SIGINT")
+            and not action.startswith("pause=")
+        ):
+            raise ValueError(f"{self.VARIABLE}: action must be SIGTERM, SIGINT or pause=PATH")
+        self.moment, self.step, self.action = moment, step, action
+        self.fired = False
+
+    @classmethod
+    def from_environment(cls) -> _TestHook:
+        spec = os.environ.get(cls.VARIABLE)
+        if not spec:
+            return cls()
+        where, _, action = spec.partition(":")
+        moment, _, step = where.partition("@")
+        return cls(moment, int(step or 0), action)
+
+    def wants(self, moment: str, step: int) -> bool:
+        return not self.fired and moment == self.moment and step >= self.step
+
+    def __call__(self, moment: str, step: int) -> None:
+        if self.wants(moment, step):
+            self.fire()
+
+    def arm_compile(self) -> None:
+        """Fires `compile` from JAX's monitoring event for the next lowering (the first train
+        step's), so the signal lands while XLA compiles."""
+        if self.moment != "compile" or self.fired:
+            return
+
+        def on_event(event: str, duration: float, **kwargs: Any) -> None:
+            del duration, kwargs
+            if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and not self.fired:
+                self.fire()
+
+        jax.monitoring.register_event_duration_secs_listener(on_event)
+
+    def fire(self) -> None:
+        self.fired = True
+        if self.action.startswith("pause="):
+            marker = Path(self.action.removeprefix("pause="))
+            marker.touch()
+            deadline = time.monotonic() + 300
+            while marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            signal.raise_signal(getattr(signal, self.action))
