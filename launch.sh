@@ -30,10 +30,14 @@ On this machine (default):
 With --slurm:
   writes WORKDIR/slurm/<name>.sbatch, a job array with one task per unfinished point,
   --signal=TERM@120 --requeue (a preempted or timed-out point checkpoints and is requeued; its
-  rerun resumes), and submits it with \`sbatch [sbatch options] SCRIPT\`. sbatch options go
-  between --slurm and CONFIG (e.g. --partition=gpu --time=4:00:00 --gres=... ; a value may
-  follow its option as a separate word). --nodes N runs each point on N hosts with srun and
-  jax.distributed.initialize() (SLURM detection: one process per task).
+  rerun resumes; a point that fails is not), and submits it with \`sbatch [sbatch options]
+  SCRIPT\`. sbatch options go between --slurm and CONFIG (e.g. --partition=gpu --time=4:00:00
+  --gres=... ; a value may follow its option as a separate word) and override the script's
+  #SBATCH lines (--ntasks-per-node=2: two processes per host, e.g. on CPUs). --nodes N runs
+  each point on N hosts with srun and jax.distributed.initialize() (SLURM detection: one
+  process per task). A point logs to WORKDIR/<point>/log.txt, SLURM's own messages go to
+  WORKDIR/slurm/<name>-<job>_<task>.out, and the last task to end writes sweep_status.json and
+  the report. Nothing is submitted while a job of WORKDIR is still queued or running.
 
 Options:
   --workdir DIR   where the points' directories go (default: runs/<config>[_<arg>], as the
@@ -157,7 +161,8 @@ if [[ $slurm == 1 ]]; then
     exit 0
   fi
   job=resjax-$(basename "$default_workdir")
-  script_path=$workdir/slurm/$job-$(date +%Y%m%d-%H%M%S).sbatch
+  run=$job-$(date +%Y%m%d-%H%M%S)  # this submission: its script, its points' outcomes
+  script_path=$workdir/slurm/$run.sbatch
   abs_workdir=$workdir
   [[ $workdir == /* ]] || abs_workdir=$PWD/$workdir
   hosts=${nodes:-1}
@@ -190,6 +195,10 @@ if [[ $slurm == 1 ]]; then
     echo "flags=("
     for i in "${todo[@]}"; do printf '  %q\n' "${flags[$i]}"; done
     echo ")"
+    echo "# Points that finished before this submission (they count as finished in the report)."
+    echo "skipped=("
+    for i in "${!names[@]}"; do [[ ${finished[$i]} == 1 ]] && printf '  %q\n' "${names[$i]}"; done
+    echo ")"
     printf 'workdir=%q\n' "$abs_workdir"
     printf 'python=%q\n' "$(command -v "$PYTHON")"
     echo "# Whether a point finished: python -m resjax.sweep state SPEC WORKDIR --point=NAME OVERRIDES"
@@ -197,6 +206,9 @@ if [[ $slurm == 1 ]]; then
     echo "overrides=("
     for o in ${overrides[@]+"${overrides[@]}"}; do printf '  %q\n' "$o"; done
     echo ")"
+    echo "# Each point's final outcome (NAME=finished:S or NAME=failed:EXIT:S), one file per point."
+    printf 'outcomes=%q\n' "$abs_workdir/slurm/$run.outcomes"
+    printf 'submitted=%d  # epoch seconds: the sweep'"'"'s wall time runs from here\n' "$(date +%s)"
     cat <<'EOF'
 i=${SLURM_ARRAY_TASK_ID:?run this script with sbatch}
 name=${names[$i]}
@@ -205,14 +217,52 @@ mkdir -p "$dir"
 log=$dir/log.txt
 eval "args=(${flags[$i]})"
 echo "=== $(date -Iseconds) SLURM job ${SLURM_JOB_ID:-?} (array ${SLURM_ARRAY_JOB_ID:-?}_$i, restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: $name" >>"$log"
-# SIGTERM (preemption, --signal) reaches the srun step; the batch shell waits for it to save.
-trap 'echo "=== batch shell got SIGTERM; waiting for the point to checkpoint" >>"$log"' TERM
+# SIGTERM to the steps only (--signal=TERM@120, scancel --signal=TERM) reaches the point, which
+# checkpoints; SIGTERM to the batch shell too means SLURM is ending the job (requeue, preemption,
+# scancel, time limit): the shell waits for the point to save, and leaves the rest to SLURM.
+terminated=0
+trap 'terminated=1; echo "=== batch shell got SIGTERM; waiting for the point to checkpoint" >>"$log"' TERM
+start=$SECONDS
 rc=0
-srun --kill-on-bad-exit=1 "$python" -m resjax.train "${args[@]}" --workdir="$dir" >>"$log" 2>&1 || rc=$?
+# The point's output goes straight to its log (srun's own messages to this job's --output file),
+# so that the log's last words are the point's. %% is a literal % in srun's file patterns.
+srun --kill-on-bad-exit=1 --open-mode=append --output="${log//%/%%}" \
+  "$python" -m resjax.train "${args[@]}" --workdir="$dir" || rc=$?
 state=$("$python" -m resjax.sweep state "$spec" "$workdir" --point="$name" ${overrides[@]+"${overrides[@]}"} 2>>"$log") || state=
-if [[ $rc -eq 0 && $state != "$name"$'\t'finished ]]; then
-  echo "=== $name stopped before the end (preempted or out of time): requeued" >>"$log"
+if [[ $state == "$name"$'\t'finished ]]; then
+  outcome=finished:$((SECONDS - start))
+elif [[ $terminated == 1 ]]; then
+  # Requeued by SLURM (its rerun records the outcome) or cancelled (rerun launch.sh).
+  echo "=== $name stopped by SLURM (exit $rc): requeued by SLURM, or cancelled" >>"$log"
+  exit 0
+elif [[ $rc -eq 0 || $rc -eq 143 ]]; then
+  # Stopped by SIGTERM (preempted, out of time): it checkpointed and exited 0, or the signal
+  # came before training began and killed it (143 = 128 + SIGTERM). Either way its rerun
+  # resumes or restarts it; a point that fails for a reason of its own exits 1.
+  echo "=== $name stopped before the end (preempted or out of time, exit $rc): requeued" >>"$log"
   scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+else
+  outcome=failed:$rc:$((SECONDS - start))
+  echo "=== $name failed (exit $rc): not requeued" >>"$log"
+fi
+mkdir -p "$outcomes"
+printf '%s\n' "$name=$outcome" >"$outcomes/$name.tmp"
+mv -f "$outcomes/$name.tmp" "$outcomes/$name"
+# The last of the array's points to end writes sweep_status.json and the report, as launch.sh
+# does on one machine when its last point ends (flock: two tasks may end at the same moment).
+exec 9>>"$outcomes/lock"
+flock 9
+ended=()
+for n in "${names[@]}"; do
+  [[ -s $outcomes/$n ]] || exit $rc # a point still runs or waits: it will record
+  ended+=("$(<"$outcomes/$n")")
+done
+if [[ ! -e $outcomes/recorded ]]; then
+  for n in ${skipped[@]+"${skipped[@]}"}; do ended+=("$n=skipped"); done
+  "$python" -m resjax.sweep record "$spec" "$workdir" "${ended[@]}" --launcher="launch.sh --slurm" \
+    --wall-time=$(($(date +%s) - submitted)) ${overrides[@]+"${overrides[@]}"} || true
+  touch "$outcomes/recorded"
 fi
 exit $rc
 EOF
@@ -227,11 +277,17 @@ EOF
     exit 0
   fi
   command -v sbatch >/dev/null || die "sbatch not found: is this a SLURM login node? (--dry-run prints the script)" 1
+  # A job of this workdir still queued or running would train its points twice at once.
+  active=()
+  while IFS='|' read -r id command; do
+    [[ $command == "$abs_workdir/slurm/"*.sbatch ]] && active+=("$id")
+  done < <(squeue --me -h -o '%i|%o' 2>/dev/null || true)
+  [[ ${#active[@]} -eq 0 ]] || die "job(s) ${active[*]} of $workdir are still queued or running (squeue); rerun when they have ended, or scancel them first" 1
   mkdir -p "$workdir/slurm"
   printf '%s\n' "$script" >"$script_path"
   say "submitting ${#todo[@]} point(s) of $spec: ${submit[*]}"
   "${submit[@]}"
-  say "logs: $workdir/<point>/log.txt; rerun this command after the job to submit what did not finish"
+  say "logs: $workdir/<point>/log.txt; the last task to end writes $workdir/report.md; rerun this command after the job to submit what did not finish"
   exit 0
 fi
 

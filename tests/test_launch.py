@@ -1,21 +1,29 @@
 """launch.sh: a sweep's points in parallel on this machine (CPU slots, GPU slots, a queue), a
 failing point that does not stop the others, Ctrl-C and resume, its errors, and the SLURM script.
 
-The CPU tests train real (tiny) points; the GPU-slot and SLURM tests replace `python -m
-resjax.train` by a stand-in (RESJAX_PYTHON) that records what it was given.
+The CPU tests train real (tiny) points; the GPU-slot and SLURM dry-run tests replace `python -m
+resjax.train` by a stand-in (RESJAX_PYTHON) that records what it was given. The tests marked
+`slurm` submit real tiny points to a one-node SLURM cluster on this machine (tests/local_slurm.sh).
 """
 
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from test_multiprocess import assert_same_training
+
+from resjax import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch.sh"
@@ -204,7 +212,8 @@ def test_ctrl_c_checkpoints_every_point_and_a_rerun_resumes(
 FAKE_TRAIN = """\
 #!/usr/bin/env bash
 # Stand-in for python: `-m resjax.train ... --workdir=DIR` records its GPUs and arguments,
-# sleeps, and finishes (results.json) unless FAKE_PREEMPT is set; anything else is real python.
+# sleeps, and finishes (results.json) unless FAKE_PREEMPT is set, exiting FAKE_EXIT (default 0);
+# anything else is real python.
 if [[ $1 == -m && $2 == resjax.train ]]; then
   for a in "$@"; do [[ $a == --workdir=* ]] && dir=${a#--workdir=}; done
   mkdir -p "$dir"
@@ -212,7 +221,7 @@ if [[ $1 == -m && $2 == resjax.train ]]; then
   sleep "${FAKE_SLEEP:-0.5}"
   [[ -n ${FAKE_PREEMPT:-} ]] || echo '{"steps": 1}' >"$dir/results.json"
   echo "end $(date +%s.%N) gpus=${CUDA_VISIBLE_DEVICES-unset}" >>"$FAKE_RECORD"
-  exit 0
+  exit "${FAKE_EXIT:-0}"
 fi
 exec PYTHON "$@"
 """
@@ -277,6 +286,15 @@ def depth_sweep_points(*overrides):
     return [tuple(line.split("\t")) for line in listing.splitlines()]
 
 
+# srun for one task on this machine: its output appended to --output's file, as slurmstepd does.
+SRUN_STAND_IN = """\
+#!/usr/bin/env bash
+out=/dev/stdout
+while [[ $1 == --* ]]; do [[ $1 == --output=* ]] && out=${1#--output=}; shift; done
+exec "$@" >>"${out//%%/%}" 2>&1
+"""
+
+
 def test_slurm_dry_run_script(fake_python, tmp_path):
     points = depth_sweep_points("--config.total_steps=100")
     workdir = tmp_path / "runs"
@@ -297,36 +315,49 @@ def test_slurm_dry_run_script(fake_python, tmp_path):
         "--ntasks-per-node=4", "--gpus-per-node=4", f"--output={workdir}/slurm/",
     ):  # fmt: skip
         assert f"#SBATCH {directive}" in script, directive
-    assert 'srun --kill-on-bad-exit=1 "$python" -m resjax.train "${args[@]}"' in script
+    assert "srun --kill-on-bad-exit=1 --open-mode=append --output=" in script
+    assert '"$python" -m resjax.train "${args[@]}" --workdir="$dir"' in script
     assert "scontrol requeue" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
     # Run the script as SLURM would for array task 2, with srun and scontrol stand-ins: it
-    # trains point 2 with its flags; a point that stopped early (preempted) requeues itself.
+    # trains point 2 with its flags; a point that stopped early (preempted) requeues itself,
+    # whether it checkpointed (exit 0) or SIGTERM killed it before training began (exit 143,
+    # as the real scheduler showed); a point that fails (exit 1) is recorded and not requeued.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/usr/bin/env bash\n[[ $1 == --* ]] && shift\nexec "$@"\n')
+    (bin_dir / "srun").write_text(SRUN_STAND_IN)
     (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "$*" >>{tmp_path}/scontrol\n')
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     script = re.sub(r"(?m)^python=.*$", f"python={fake_python}", script)
     record = tmp_path / "record.txt"
-    env = launch_env(
-        PATH=f"{bin_dir}:{os.environ['PATH']}",
-        SLURM_ARRAY_TASK_ID="2",
-        SLURM_JOB_ID="1234",
-        FAKE_RECORD=str(record),
-        FAKE_PREEMPT="1",
-    )
-    run = subprocess.run(
-        ["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
-    )
-    assert run.returncode == 0, run.stderr
-    started = record.read_text().splitlines()[0]
     name, flags = points[2]
-    assert flags in started and f"--workdir={workdir}/{name}" in started
-    assert (tmp_path / "scontrol").read_text().strip() == "requeue 1234"
-    assert "requeued" in (workdir / name / "log.txt").read_text()
+    log = workdir / name / "log.txt"
+    for exit_status in (0, 143):
+        env = launch_env(
+            PATH=f"{bin_dir}:{os.environ['PATH']}",
+            SLURM_ARRAY_TASK_ID="2",
+            SLURM_JOB_ID="1234",
+            FAKE_RECORD=str(record),
+            FAKE_PREEMPT="1",
+            FAKE_EXIT=str(exit_status),
+        )
+        run = subprocess.run(
+            ["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        started = record.read_text().splitlines()[-2]
+        assert flags in started and f"--workdir={workdir}/{name}" in started
+        assert (tmp_path / "scontrol").read_text().strip() == "requeue 1234"
+        assert f"(preempted or out of time, exit {exit_status}): requeued" in log.read_text()
+        (tmp_path / "scontrol").unlink()
+    env["FAKE_EXIT"] = "1"
+    run = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True)
+    assert run.returncode == 1 and not (tmp_path / "scontrol").exists()
+    assert f"=== {name} failed (exit 1): not requeued" in log.read_text()
+    outcome = next((workdir / "slurm").glob("*.outcomes")) / name
+    assert re.fullmatch(rf"{name}=failed:1:\d+\n", outcome.read_text())
 
 
 def test_slurm_single_host_leaves_out_finished_points(tmp_path):
@@ -344,3 +375,250 @@ def test_slurm_single_host_leaves_out_finished_points(tmp_path):
     assert "#SBATCH --gpus-per-node=2" in result.stdout
     names = textwrap.dedent(result.stdout.split("names=(\n")[1].split(")")[0]).split()
     assert names == others
+
+
+# ---------------------------------------------------------------- a real SLURM
+# tests/local_slurm.sh starts a one-node SLURM cluster (Debian's slurm-wlm) on this machine, and
+# launch.sh --slurm submits to it for real: the job array, preemption by signal and by requeue,
+# a failing point, and one point as two processes under srun. CI installs the packages; on a
+# machine that cannot run a cluster (not root, no apt-get) these tests are skipped.
+
+LOCAL_SLURM = ROOT / "tests" / "local_slurm.sh"
+SLURM_TIMEOUT_S = 300
+# Long enough that a task frozen once it has logged step 4 is stopped well before its end
+# (~2 s at the 45 steps/s these tiny points make on 2 cores).
+SLURM_STEPS = 96
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """The environment for launch.sh and SLURM's commands (SLURM_CONF) on a one-node cluster
+    started for this module and stopped after it."""
+    directory = tmp_path_factory.mktemp("slurm")
+    start = subprocess.run(
+        ["bash", str(LOCAL_SLURM), "start", str(directory), *map(str, free_ports(2))],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if start.returncode == 77:  # not root, or no packages and no apt-get
+        pytest.skip(start.stderr.strip())
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield launch_env(SLURM_CONF=str(directory / "slurm.conf"))
+    finally:
+        subprocess.run(["bash", str(LOCAL_SLURM), "stop", str(directory)], timeout=180)
+
+
+def slurm_command(env, *args):
+    return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def wait_for(condition, what, timeout=SLURM_TIMEOUT_S, poll_s=0.5):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(poll_s)
+
+
+def log_has(path, text):
+    return path.exists() and text in path.read_text()
+
+
+def submitted_job(result):
+    """The job id sbatch printed, from launch.sh's output (one submission only)."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = re.findall(r"Submitted batch job (\d+)", result.stdout)
+    assert len(jobs) == 1, result.stdout
+    return jobs[0]
+
+
+def wait_for_job(env, job):
+    """Until every task of `job` has ended (requeued runs included)."""
+    wait_for(lambda: not slurm_command(env, "squeue", "-h", "-j", job).strip(), f"job {job}")
+
+
+def job_tasks(env, job):
+    """{array task id: scontrol's fields} of a job (SLURM keeps ended jobs for MinJobAge)."""
+    tasks = {}
+    for line in slurm_command(env, "scontrol", "-o", "show", "job", job).splitlines():
+        fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        tasks[int(fields.get("ArrayTaskId", 0))] = fields
+    return tasks
+
+
+def variables(workdir):
+    return checkpoint.load_variables(workdir)[1]
+
+
+@pytest.fixture(scope="module")
+def slurm_sweep(slurm, fashion_mnist_dir, tmp_path_factory):
+    """tiny_sweep.py (a, b and the failing bad) of SLURM_STEPS steps, submitted to SLURM and
+    run on this machine alike. Under SLURM, once a and b train, task a gets SIGTERM by
+    `scancel --signal=TERM` and task b is requeued by `scontrol requeue`; both are frozen
+    (SIGSTOP) first, so that the stop lands mid-run however fast this machine trains. Then
+    launch.sh is run again with the finished half of the sweep."""
+    root = tmp_path_factory.mktemp("slurm_sweep")
+    sweep = root / "tiny_sweep.py"
+    sweep.write_text(SWEEP_CONFIG)
+    slurm_dir, local_dir = root / "slurm" / "runs", root / "local" / "runs"  # same report title
+    args = [
+        f"--config.data.dir={fashion_mnist_dir}",
+        f"--config.total_steps={SLURM_STEPS}",
+        "--config.checkpoint_every_steps=0",  # one save only: the preemption's (see README)
+    ]
+    started = time.monotonic()
+    submit = launch("--slurm", sweep, "--workdir", slurm_dir, *args, env=slurm)
+    job = submitted_job(submit)
+    duplicate = launch("--slurm", sweep, "--workdir", slurm_dir, *args, env=slurm)
+    training = {f"{job}_{task}": slurm_dir / name / "log.txt" for task, name in enumerate("ab")}
+    while training:  # freeze each as soon as it trains
+        for task, log in list(training.items()):
+            if log_has(log, "step 4/"):
+                slurm_command(slurm, "scancel", "--signal=STOP", task)
+                del training[task]
+        assert time.monotonic() - started < SLURM_TIMEOUT_S, f"a and b never trained: {training}"
+        time.sleep(0.05)
+    slurm_command(slurm, "scancel", "--signal=TERM", f"{job}_0")
+    slurm_command(slurm, "scancel", "--signal=CONT", f"{job}_0")
+    slurm_command(slurm, "scontrol", "requeue", f"{job}_1")  # SLURM sends SIGCONT, SIGTERM
+    # The uninterrupted runs, on this machine while SLURM requeues.
+    local = launch(sweep, "--parallel", 2, "--workdir", local_dir, *args, timeout=SLURM_TIMEOUT_S)
+    wait_for_job(slurm, job)
+    rerun = launch("--slurm", f"{sweep}:good", "--workdir", slurm_dir, *args, env=slurm)
+    return types.SimpleNamespace(
+        dirs=(slurm_dir, local_dir),
+        submit=submit,
+        duplicate=duplicate,
+        local=local,
+        rerun=rerun,
+        tasks=job_tasks(slurm, job),
+        job=job,
+    )
+
+
+def without_wall_time(report):
+    """report.md's lines, the table's last column (wall time) and the sweep's duration dropped."""
+    return [
+        re.sub(r"\| [^|]* \|$", "|", line) for line in report.splitlines() if "done in" not in line
+    ]
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_is_one_array_and_ends_as_a_local_run(slurm_sweep):
+    slurm_dir, local_dir = slurm_sweep.dirs
+    assert "submitting 3 point(s)" in slurm_sweep.submit.stdout
+    assert sorted(slurm_sweep.tasks) == [0, 1, 2]
+    assert {t["ArrayJobId"] for t in slurm_sweep.tasks.values()} == {slurm_sweep.job}
+    # A second submission while the first is queued would train the same points twice.
+    assert slurm_sweep.duplicate.returncode == 1
+    assert "still queued or running" in slurm_sweep.duplicate.stderr
+    assert slurm_sweep.local.returncode == 1  # bad fails here too
+
+    # The last task to end wrote sweep_status.json and the report, as launch.sh does here.
+    statuses = [json.loads((d / "sweep_status.json").read_text())["points"] for d in (slurm_dir, local_dir)]  # fmt: skip
+    assert [{k: v["status"] for k, v in s.items()} for s in statuses] == 2 * [
+        {"a": "finished", "b": "finished", "bad": "failed"}
+    ]
+    assert "resnet_nonexistent" in statuses[0]["bad"]["error"]  # the point's words, not srun's
+    assert statuses[0]["bad"]["error"] == statuses[1]["bad"]["error"]
+    reports = [without_wall_time((d / "report.md").read_text()) for d in (slurm_dir, local_dir)]
+    assert reports[0] == reports[1]
+    for name in ("a", "b"):
+        results = [json.loads((d / name / "results.json").read_text()) for d in (slurm_dir, local_dir)]  # fmt: skip
+        for r in results:
+            del r["wall_time_s"], r["images_per_s"]
+        assert results[0] == results[1], name
+
+    # Logs where the README says: each point's in WORKDIR/<point>/log.txt, SLURM's own output
+    # (srun's messages, the sweep's summary) in WORKDIR/slurm/<job name>-<job>_<task>.out.
+    for name in ("a", "b", "bad"):
+        assert "SLURM job" in (slurm_dir / name / "log.txt").read_text()
+    outs = sorted((slurm_dir / "slurm").glob(f"resjax-tiny_sweep-{slurm_sweep.job}_*.out"))
+    assert len(outs) == 3
+    assert sum("2 of 3 finished, 1 failed" in out.read_text() for out in outs) == 1
+
+
+@pytest.mark.slurm
+def test_slurm_preempted_and_requeued_tasks_resume_bitwise(slurm_sweep):
+    slurm_dir, local_dir = slurm_sweep.dirs
+    a, b = slurm_sweep.tasks[0], slurm_sweep.tasks[1]
+    assert (a["JobState"], a["Restarts"], b["JobState"], b["Restarts"]) == ("COMPLETED", "1") * 2
+    log_a = (slurm_dir / "a" / "log.txt").read_text()
+    log_b = (slurm_dir / "b" / "log.txt").read_text()
+    assert "(preempted or out of time, exit 0): requeued" in log_a  # the script requeued it
+    assert "DUE TO JOB REQUEUE" in log_b and "b stopped by SLURM" in log_b  # SLURM did
+    for log in (log_a, log_b):
+        step = int(re.search(r"SIGTERM: saved a checkpoint at step (\d+)", log).group(1))
+        assert 4 <= step < SLURM_STEPS
+        assert f"resumed at step {step}" in log and ", restart 1)" in log
+    for name in ("a", "b"):
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            variables(slurm_dir / name),
+            variables(local_dir / name),
+        )
+
+
+@pytest.mark.slurm
+def test_slurm_failing_point_is_recorded_and_not_requeued(slurm_sweep):
+    slurm_dir, _ = slurm_sweep.dirs
+    bad = slurm_sweep.tasks[2]
+    assert (bad["JobState"], bad["Restarts"], bad["ExitCode"]) == ("FAILED", "0", "1:0")
+    log = (slurm_dir / "bad" / "log.txt").read_text()
+    assert log.count("SLURM job") == 1 and "bad failed (exit 1): not requeued" in log
+
+
+@pytest.mark.slurm
+def test_slurm_rerun_after_completion_submits_nothing(slurm_sweep):
+    rerun = slurm_sweep.rerun
+    assert rerun.returncode == 0, rerun.stderr
+    assert "a: finished earlier (results.json), not submitted" in rerun.stdout
+    assert "every point of" in rerun.stdout and "nothing to submit" in rerun.stdout
+    assert "Submitted" not in rerun.stdout
+
+
+@pytest.mark.slurm
+def test_slurm_one_point_on_two_processes_under_srun(slurm, fashion_mnist_dir, tmp_path):
+    # Two tasks on the one node (--ntasks-per-node=2 overrides the script's 1) of 2 CPU
+    # devices each: jax.distributed from SLURM's variables; the reference is one process on 4.
+    sweep = tmp_path / "tiny_sweep.py"
+    sweep.write_text(SWEEP_CONFIG)
+    overrides = [
+        f"--config.data.dir={fashion_mnist_dir}",
+        "--config.optim.lr=0.01",  # tests/test_multiprocess.py's docstring says why
+        "--config.total_steps=4",
+        "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=0",  # the final save only
+    ]
+    env = {**slurm, "JAX_NUM_CPU_DEVICES": "2"}
+    submit = launch(
+        "--slurm", "--ntasks-per-node=2", f"{sweep}:a", "--workdir", tmp_path / "slurm", *overrides, env=env
+    )  # fmt: skip
+    job = submitted_job(submit)
+    wait_for_job(slurm, job)
+    reference = tmp_path / "one_process"
+    subprocess.run(
+        [sys.executable, "-m", "resjax.train", f"--config={sweep}:a", f"--workdir={reference}", *overrides],
+        cwd=ROOT, env=launch_env(), check=True, capture_output=True, timeout=SLURM_TIMEOUT_S,
+    )  # fmt: skip
+    task = job_tasks(slurm, job)[0]
+    assert (task["JobState"], task["NumTasks"]) == ("COMPLETED", "2")
+    workdir = tmp_path / "slurm" / "a"
+    log = (workdir / "log.txt").read_text()
+    assert "on 4 cpu device(s), 2 process(es)" in log
+    assert_same_training(workdir, reference)
+    # Only process 0 writes: one row per step, one TensorBoard file, its lines only in the log.
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4]
+    assert len(list((workdir / "tb").glob("events.out.tfevents.*"))) == 1
+    assert log.count("step 4/4") == 1
