@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from resjax import data
+from resjax import data, optim
 from resjax.config import base_config
 from resjax.data import augment, sources
+from resjax.training import create_train_state, for_config
 
 
 def make_splits(n=100, shape=(8, 8, 3), n_test=23, normalize=True) -> data.Splits:
@@ -216,6 +217,39 @@ def test_eval_on_a_mesh():
     batches = list(data.eval_batches(splits.test, splits, global_batch_size=8, mesh=mesh))
     assert len(batches) == 2 and batches[1]["mask"].sharding.spec == PartitionSpec("data")
     assert float(sum(b["mask"].sum() for b in batches)) == 10.0
+
+
+def test_normalisation_on_the_device_gives_the_bits_of_normalisation_on_the_host():
+    """uint8 batches normalised as the step's first op train and evaluate to exactly the numbers
+    of float32 batches normalised on the host (jit; per-device BN and pmap run the same step)."""
+    splits = make_splits(n=64, shape=(8, 8, 3), n_test=20)
+    images = splits.train.images[:4]
+    on_device = jax.jit(splits.normalize_images)(images)
+    np.testing.assert_array_equal(np.asarray(on_device), splits.normalize_images(images))
+
+    config = base_config()
+    config.model.name = "resnet8"
+    config.model.overrides.update({"widths": (4, 4, 8), "stem_width": 4})
+    config.eval_batch_size = 8
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 9, ()))
+    runs = []
+    for on_host in (True, False):
+        par = for_config(config, mesh, splits=None if on_host else splits)
+        model = par.build_model(config, splits.num_classes)
+        state = create_train_state(config, model, tx, splits.image_shape, par.replicated)
+        it = data.TrainIterator(splits, 16, 0, config.data, mesh=mesh, normalize_on_host=on_host)
+        metrics = par.empty_metrics()
+        for _ in range(2):
+            batch = next(it)
+            assert batch["image"].dtype == (np.float32 if on_host else np.uint8)
+            state, metrics = par.step(state, batch, metrics)
+        evaluation = par.evaluate(state, splits.test, splits, config)
+        runs.append((jax.device_get(state.params), jax.device_get(state.batch_stats), evaluation))
+        if not on_host:
+            with pytest.raises(ValueError, match=r"uint8 images reached the step .*splits=splits"):
+                for_config(config, mesh).step(state, batch, metrics)  # no statistics: refused
+    jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
 
 
 def test_prefetch_error_reaches_the_consumer(monkeypatch):

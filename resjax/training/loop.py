@@ -144,10 +144,10 @@ class _Run:
     @classmethod
     def prepare(cls, config: ml_collections.ConfigDict, workdir: Path) -> _Run:
         """Data, parallelism, model, optimiser, the abstract state and the checkpointer."""
-        par = parallelism.for_config(config)
         splits = data.load_splits(
             config.data, train_split=config.data.train_split, test_split=config.data.test_split
         )
+        par = parallelism.for_config(config, splits=splits)  # uint8 batches, normalised on device
         model = par.build_model(config, splits.num_classes)
         train_iter = data.TrainIterator(
             splits,
@@ -155,6 +155,7 @@ class _Run:
             seed=config.seed,
             data_config=config.data,
             mesh=par.data_mesh,
+            normalize_on_host=False,
         )
         steps_per_epoch = train_iter.steps_per_epoch
         total_steps = optim.steps_from(config, steps_per_epoch)

@@ -45,15 +45,21 @@ def make_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
 
-def for_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Jit:
-    """The parallelism `config` asks for, on `mesh` (default: `make_mesh()`)."""
+def for_config(
+    config: ml_collections.ConfigDict, mesh: Mesh | None = None, splits: data.Splits | None = None
+) -> Jit:
+    """The parallelism `config` asks for, on `mesh` (default: `make_mesh()`). With `splits`,
+    the steps take uint8 batches and normalise them on the device with the data's statistics
+    (`splits.normalize_images`); without, they take the images as they come (float)."""
     check_choice("config.parallelism", config.parallelism, PARALLELISMS)
     check_choice("config.bn_stats", config.bn_stats, BN_STATS)
     mesh = make_mesh() if mesh is None else mesh
+    normalize = None if splits is None else splits.normalize_images
     global_bn = config.bn_stats == "global"
     if config.parallelism == "pmap":
-        return Pmap(config, mesh, bn_axis_name=PMAP_AXIS if global_bn else None)
-    return Jit(config, mesh) if global_bn else JitPerDeviceBN(config, mesh)
+        return Pmap(config, mesh, normalize, bn_axis_name=PMAP_AXIS if global_bn else None)
+    cls = Jit if global_bn else JitPerDeviceBN
+    return cls(config, mesh, normalize)
 
 
 class Jit:
@@ -61,15 +67,26 @@ class Jit:
 
     bn_axis_name: str | None = None  # the axis a model's BatchNorms average over (see Pmap)
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        mesh: Mesh,
+        normalize_images: steps.Normalize | None = None,
+    ):
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P("data"))
         self.label_smoothing = config.optim.label_smoothing
-        train_step = functools.partial(steps.train_step, label_smoothing=self.label_smoothing)
+        # uint8 batches are normalised on the device, as each step's first op.
+        self.normalize_images = normalize_images
+        train_step = functools.partial(
+            steps.train_step,
+            label_smoothing=self.label_smoothing,
+            normalize_images=normalize_images,
+        )
         self.step_fn = self._compile(train_step)  # state and metrics donated
         self._eval = jax.jit(
-            steps.eval_step,
+            functools.partial(steps.eval_step, normalize_images=normalize_images),
             in_shardings=(self.replicated, self.batch_sharding),
             out_shardings=self.replicated,
         )
@@ -123,7 +140,12 @@ class Jit:
         state = self.host_state(state)
         totals = None
         for batch in data.eval_batches(
-            source, splits, global_batch_size=config.eval_batch_size, mesh=self.mesh
+            source,
+            splits,
+            global_batch_size=config.eval_batch_size,
+            mesh=self.mesh,
+            data_config=config.data,
+            normalize_on_host=self.normalize_images is None,
         ):
             sums = self._eval(state, batch)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -140,8 +162,13 @@ class Jit:
             fn = make_block_diagnostics(
                 model.clone(axis_name=None), label_smoothing=self.label_smoothing
             )
+
+            def on_network_input(params, batch_stats, batch):
+                image = steps.network_input(batch["image"], self.normalize_images)
+                return fn(params, batch_stats, {**batch, "image": image})
+
             self._diagnostics = jax.jit(
-                fn,
+                on_network_input,
                 in_shardings=(self.replicated, self.replicated, self.batch_sharding),
                 out_shardings=self.replicated,
             )
@@ -168,10 +195,16 @@ class Pmap(Jit):
     """train_step under jax.pmap over the local devices: the state stacked once per device,
     batches host-local numpy split over the devices, gradients averaged over the pmap axis."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, bn_axis_name: str | None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        mesh: Mesh,
+        normalize_images: steps.Normalize | None,
+        bn_axis_name: str | None,
+    ):
         self.bn_axis_name = bn_axis_name
         self.local_devices = jax.local_device_count()
-        super().__init__(config, mesh)
+        super().__init__(config, mesh, normalize_images)
 
     def _compile(self, train_step):
         return jax.pmap(

@@ -5,6 +5,7 @@ Nothing here knows about devices: `resjax.training.parallel` jits or maps these 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,6 +17,8 @@ from jax.sharding import Sharding
 
 from resjax import models
 from resjax.loss import cross_entropy
+
+Normalize = Callable[[jax.Array], jax.Array]  # uint8 images -> float32 network input
 
 
 class TrainState(struct.PyTreeNode):
@@ -44,6 +47,20 @@ def empty_metrics() -> dict[str, jax.Array]:
     }
 
 
+def network_input(images: jax.Array, normalize_images: Normalize | None) -> jax.Array:
+    """The images a network sees: uint8 ones normalised by `normalize_images` (the data's
+    `Splits.normalize_images`), here on the device; float ones as they come."""
+    if images.dtype != jnp.uint8:
+        return images
+    if normalize_images is None:
+        raise ValueError(
+            "uint8 images reached the step without the dataset's normalisation: build the "
+            "parallelism with for_config(config, mesh, splits=splits), or pass "
+            "normalize_images=splits.normalize_images"
+        )
+    return normalize_images(images)
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -51,20 +68,24 @@ def train_step(
     *,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
+    normalize_images: Normalize | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on `batch` ({'image': [B,H,W,C], 'label': [B]}); adds to `metrics`.
 
     Pure: the caller jits it (global arrays) or maps it (`axis_name` names the device axis under
     pmap/shard_map, over which gradients, BN running statistics and metrics are averaged).
+    uint8 images are normalised with `normalize_images` as the step's first op (a quarter of
+    float32's bytes cross from the host; the same bits as normalising there).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # different drop-path masks on each device
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    images = network_input(batch["image"], normalize_images)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": rng},
@@ -93,17 +114,23 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Masked sums over one eval batch: loss, top-1 and top-5 correct, example count."""
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], normalize_images: Normalize | None = None
+) -> dict[str, jax.Array]:
+    """Masked sums over one eval batch: loss, top-1 and top-5 correct, example count (uint8
+    images normalised first, as in `train_step`)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return eval_sums(state.apply_fn, variables, batch)
+    return eval_sums(state.apply_fn, variables, batch, normalize_images)
 
 
 def eval_sums(
-    apply_fn, variables: dict[str, Any], batch: dict[str, jax.Array]
+    apply_fn,
+    variables: dict[str, Any],
+    batch: dict[str, jax.Array],
+    normalize_images: Normalize | None = None,
 ) -> dict[str, jax.Array]:
     """`eval_step` for any network's `apply` and variables (e.g. a portable weights file)."""
-    logits = apply_fn(variables, batch["image"], train=False)
+    logits = apply_fn(variables, network_input(batch["image"], normalize_images), train=False)
     mask = batch["mask"]
     loss = cross_entropy(logits, batch["label"])
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
