@@ -175,7 +175,7 @@ if [[ $slurm == 1 ]]; then
     echo "#SBATCH --signal=TERM@120  # 2 min before the end: checkpoint and exit 0"
     echo "#SBATCH --requeue  # a preempted task is requeued; its rerun resumes"
     echo "#SBATCH --open-mode=append"
-    echo "#SBATCH --output=$abs_workdir/slurm/%x-%A_%a.out"
+    echo "#SBATCH --output=${abs_workdir//%/%%}/slurm/%x-%A_%a.out  # %% is a literal %"
     echo "#SBATCH --nodes=$hosts"
     if [[ -n $gpus && $hosts -gt 1 ]]; then
       echo "#SBATCH --ntasks-per-node=$gpus  # one process per GPU (JAX's SLURM default)"
@@ -281,7 +281,7 @@ EOF
   active=()
   while IFS='|' read -r id command; do
     [[ $command == "$abs_workdir/slurm/"*.sbatch ]] && active+=("$id")
-  done < <(squeue --me -h -o '%i|%o' 2>/dev/null || true)
+  done < <(squeue -u "$(id -un)" -h -o '%i|%o' 2>/dev/null || true)
   [[ ${#active[@]} -eq 0 ]] || die "job(s) ${active[*]} of $workdir are still queued or running (squeue); rerun when they have ended, or scancel them first" 1
   mkdir -p "$workdir/slurm"
   printf '%s\n' "$script" >"$script_path"
