@@ -35,7 +35,7 @@ from resjax.data import augment, sources
 from resjax.data.errors import DataError
 from resjax.data.workers import cpu_count
 
-_CHUNK = 256  # images per task of a worker
+_CHUNK = 64  # images per task of a worker (a window holds 4 per worker: bounded memory)
 
 
 def reencode(image: bytes, short_side: int, quality: int) -> tuple[bytes, str]:
