@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -477,10 +478,14 @@ def _reason(error: BaseException, folder: Path | None = None) -> str:
         return f"[Errno {code.group(1)}] {os.strerror(int(code.group(1)))}"
     text = re.sub(r"\s*\[tensorstore_spec.*$", "", text)  # kilobytes of JSON
     if status := re.match(r"([A-Z][A-Z_]+): (.*)", text):  # a TensorStore status
-        files = re.findall(r'file "([^"]+)"', status.group(2))
-        detail = status.group(2).rsplit(": ", 1)[-1]
-        text = f"{files[-1]}: {detail}" if files else detail
-        text += f" ({status.group(1)})"
+        code, rest = status.groups()
+        # "Error opening ...: Error reading ... local file "F": what went wrong" -> F: what
+        files = list(re.finditer(r'file "([^"]+)":? ?', rest))
+        if files:
+            detail = rest[files[-1].end() :]
+            text = f"{files[-1].group(1)}" + (f": {detail} ({code})" if detail else f" ({code})")
+        else:
+            text = f"{rest.rsplit(': ', 1)[-1]} ({code})"
     else:
         text = f"{type(error).__name__}: {text}"
     if folder is not None:
@@ -489,17 +494,18 @@ def _reason(error: BaseException, folder: Path | None = None) -> str:
 
 
 class _DropReported(logging.Filter):
-    """Drops Orbax's ERROR records that carry a traceback: Orbax logs each failure of a
-    background save from every thread it passes through (four tracebacks for one full disk),
-    and re-raises it; resjax reports it once, in one line (the traceback stays on the raised
-    error's cause)."""
+    """Drops ERROR records with a traceback through Orbax: Orbax logs each failure of a
+    background save from every thread it passes (four tracebacks for one full disk), and
+    asyncio logs the futures it left unretrieved when it gave up ("Future exception was never
+    retrieved"), at exit. Orbax re-raises the failure, and resjax reports it once, in one line
+    (the traceback stays on the raised error's cause, for RESJAX_TRACEBACK=1)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.levelno >= logging.ERROR
-            and record.exc_info
-            and f"{os.sep}orbax{os.sep}" in record.pathname
-        )
+        if record.levelno < logging.ERROR or not record.exc_info:
+            return True
+        paths = [record.pathname]
+        paths += [f.filename for f in traceback.extract_tb(record.exc_info[2])]
+        return not any(f"{os.sep}orbax{os.sep}" in path for path in paths)
 
 
 class _IgnoreClosedLoop:
@@ -518,9 +524,9 @@ class _IgnoreClosedLoop:
 
 def _quiet_reported_orbax_errors() -> None:
     """Installs _DropReported and _IgnoreClosedLoop (again if a test runner replaced it)."""
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropReported) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropReported())
+    for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
+        if not any(isinstance(f, _DropReported) for f in logger.filters):
+            logger.addFilter(_DropReported())
     if not isinstance(sys.unraisablehook, _IgnoreClosedLoop):
         sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
 

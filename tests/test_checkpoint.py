@@ -1,22 +1,60 @@
 """Checkpoints with real subprocesses and signals: resume is exact, preemption saves, a kill
-mid-save loses nothing, a mismatched workdir is refused, and export round-trips."""
+mid-save loses nothing, a mismatched workdir is refused, and export round-trips. Then real
+faults: damaged files in the newest step (it is moved aside and the step before resumes,
+bitwise), a full and a read-only filesystem (a tmpfs the test mounts; the suite runs as root),
+and a SIGTERM/SIGINT at each named moment of a run (the run signals itself there:
+RESJAX_TEST_HOOK)."""
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from resjax import checkpoint, export
+from resjax import checkpoint, cli, evaluate, export
 from resjax.models import load_params
+from resjax.sweeps.points import apply_overrides, load_config
+from resjax.training import Preempted, train_and_evaluate
+from resjax.training.metric_writer import MetricWriteError, MetricWriter
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE_VARIABLES = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def xla_cache(tmp_path_factory):
+    """One persistent XLA cache for every run of this module, in this process and in the ones
+    it starts: the runs compile the same few functions again and again, and a cached
+    executable is the one XLA would build (the results are the same, bit for bit)."""
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    saved_env = {k: os.environ.get(k) for k in CACHE_VARIABLES}
+    saved_min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    os.environ.update(
+        {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    )
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved_min_time)
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def train_cmd(workdir, data_dir, *extra, steps=60, every=10):
@@ -48,8 +86,8 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, **kw)
 
 
-def start(cmd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start(cmd, **env_vars):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_vars}
     return subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -198,3 +236,370 @@ def test_export_round_trips_to_the_same_logits(uninterrupted, tmp_path):
     assert run(
         [sys.executable, "-m", "resjax.export", f"--workdir={tmp_path}", f"--out={out}"]
     ).stderr.startswith("error: no checkpoints in")
+
+
+# --- a damaged checkpoint: the newest step that restores is used, a damaged one moved aside ---
+
+
+def copy_run(source, tmp_path):
+    """A copy of a finished run, without results.json: as if it had stopped at its last step."""
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    (workdir / "results.json").unlink()
+    return workdir
+
+
+def data_file(step_dir):
+    """The OCDBT data file that holds the step's arrays."""
+    return max((step_dir / "state" / "d").iterdir(), key=lambda p: p.stat().st_size)
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def flip_bit(path, at=0.5):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x01
+    path.write_bytes(bytes(data))
+    return path
+
+
+def flip_bit_keeping_json(step_dir):
+    """'"batches_consumed": 60' -> '... 61': one bit, still valid JSON, so only the digest
+    tells."""
+    path = step_dir / "meta" / "metadata"
+    text = path.read_bytes()
+    return flip_bit(path, at=(text.index(b'"batches_consumed": 60') + 21.5) / len(text))
+
+
+def remove(path):
+    path.unlink()
+    return path
+
+
+# Each fault: what it does to the newest step's folder (returns the file it damaged), and the
+# reason the warning must give.
+FAULTS = {
+    "truncated array data": (lambda d: truncate(data_file(d)), r"^state/d/\w+: .*\(OUT_OF_RANGE\)"),
+    "bit flip in array data": (lambda d: flip_bit(data_file(d)), r"^state/d/\w+: .*\(DATA_LOSS\)"),
+    "truncated OCDBT manifest": (
+        lambda d: truncate(d / "state" / "manifest.ocdbt"),
+        r"^state/manifest.ocdbt: .*\(DATA_LOSS\)",
+    ),
+    "bit flip in the array metadata": (
+        lambda d: flip_bit(d / "state" / "_METADATA"),
+        r"^state: JSONDecodeError: ",
+    ),
+    "bit flip in the meta, still JSON": (flip_bit_keeping_json, r"^meta: .* SHA-256"),
+    "truncated Orbax metrics": (
+        lambda d: truncate(d / "metrics" / "metrics"),
+        r"^metrics: JSONDecodeError: ",
+    ),
+    "missing array data": (lambda d: remove(data_file(d)), r"^state/d/\w+ \(NOT_FOUND\)$"),
+    "missing meta": (lambda d: remove(d / "meta" / "metadata"), r"^meta: FileNotFoundError: "),
+}
+
+
+def saved_state(workdir, step):
+    """The state arrays saved at `step`, read by Orbax directly (host numpy)."""
+    return ocp.StandardCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
+
+
+def abstract_state(workdir):
+    """What Checkpointer.restore needs of a TrainState: the fields' shapes and dtypes."""
+    arrays = saved_state(workdir, checkpoint.Checkpointer(workdir).latest_step())
+    return types.SimpleNamespace(
+        **jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), arrays)
+    )
+
+
+def replicated():
+    return NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file: what 'nothing changed' compares."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_damaged_newest_step_is_moved_aside_and_the_one_before_restores(
+    uninterrupted, tmp_path, fault
+):
+    damage, reason = FAULTS[fault]
+    workdir = copy_run(uninterrupted, tmp_path)
+    folder = workdir / "checkpoints"
+    damaged = damage(folder / "60").relative_to(folder / "60")
+    ckpt = checkpoint.Checkpointer(workdir, keep=3)
+    restored = ckpt.restore(abstract_state(uninterrupted), replicated())
+    ckpt.close()
+
+    assert restored.step == 50
+    [skipped] = restored.skipped
+    assert skipped.step == 60 and re.search(reason, skipped.reason), skipped.reason
+    assert skipped.moved_to == folder / "60.unrestorable"  # renamed, never deleted
+    moved = snapshot(skipped.moved_to)
+    assert (str(damaged) in moved) != fault.startswith("missing")
+    assert steps_on_disk(workdir) == [40, 50]
+    line = skipped.describe(restored.step)  # the run's warning line
+    assert "\n" not in line and line.startswith("the checkpoint at step 60 cannot be restored (")
+    assert line.endswith(f"moved it aside to {folder}/60.unrestorable and resuming from step 50")
+    # Bitwise the state saved at step 50: resuming from it is resuming from step 50.
+    host = jax.tree.map(np.asarray, restored.state)
+    jax.tree.map(np.testing.assert_array_equal, host, saved_state(uninterrupted, 50))
+    assert restored.meta["data"] == {"batches_consumed": 50}
+
+
+def test_when_no_step_restores_nothing_changes(uninterrupted, tmp_path, capsys):
+    workdir = copy_run(uninterrupted, tmp_path)
+    folder = workdir / "checkpoints"
+    truncate(data_file(folder / "60"))
+    remove(folder / "50" / "meta" / "metadata")
+    flip_bit(folder / "40" / "state" / "manifest.ocdbt")
+    before = snapshot(workdir)
+    with pytest.raises(checkpoint.CheckpointUnreadableError) as error:
+        checkpoint.Checkpointer(workdir).restore(abstract_state(uninterrupted), replicated())
+    message = str(error.value)
+    assert message.startswith(f"no checkpoint in {folder} can be restored (step 60: state/d/")
+    assert "; step 50: meta: FileNotFoundError" in message and "; step 40: state/" in message
+    assert "nothing was changed" in message and "\n" not in message
+    assert snapshot(workdir) == before
+
+    # Export and evaluation: one error line, saying why each step could not be read.
+    status = export.main([f"--workdir={workdir}", f"--out={tmp_path / 'w.npz'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and err[0].startswith("error: no checkpoint in ")
+    assert "can be read (step 60: state/d/" in err[0] and not (tmp_path / "w.npz").exists()
+    assert snapshot(workdir) == before
+
+
+def test_export_and_evaluation_say_which_step_they_read(uninterrupted, tmp_path, capsys):
+    workdir = copy_run(uninterrupted, tmp_path)
+    truncate(data_file(workdir / "checkpoints" / "60"))
+    before = snapshot(workdir)
+    out = tmp_path / "w.msgpack"
+    assert export.main([f"--workdir={workdir}", f"--out={out}"]) == 0
+    printed = capsys.readouterr()
+    warning = "warning: the checkpoint at step 60 cannot be read (state/d/"
+    [line] = printed.err.strip().splitlines()
+    assert line.startswith(warning) and line.endswith("(OUT_OF_RANGE)); using step 50")
+    assert printed.out.strip() == f"wrote {out} (step 50 of {workdir}, the latest readable)"
+    saved = saved_state(uninterrupted, 50)["params"]
+    jax.tree.map(np.testing.assert_array_equal, load_params(out).variables["params"], saved)
+
+    data_dir = json.loads((workdir / "config.json").read_text())["data"]["dir"]
+    status = evaluate.main([str(workdir), "--split=test[:64]", f"--data-dir={data_dir}"])
+    printed = capsys.readouterr()
+    assert status == 0 and printed.err.strip().startswith(warning)
+    assert printed.out.startswith(f"resnet8 (step 50 of {workdir}) (1,638 params) on fashion_mnist")
+    assert snapshot(workdir) == before  # readers move nothing aside
+
+
+# --- a full or read-only disk: one error line, the last good checkpoint kept, an exact rerun ---
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """An 8 MB tmpfs mounted at tmp_path/mnt for the test: a real filesystem that fills up or
+    turns read-only. Needs root (CI runs the suite as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "--lazy", str(mnt)], check=True)
+
+
+def fill(folder):
+    """Writes zeros into folder/filler until the filesystem is full (ENOSPC)."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError as e:
+        assert e.errno == 28, e
+    finally:
+        os.close(fd)
+
+
+def remount(mnt, mode):
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mnt)], check=True)
+
+
+def run_paused(cmd, marker, at, fault):
+    """Runs `cmd` until the test hook pauses it at `at`, applies `fault`, lets it go on; returns
+    (exit status, stderr, snapshot of the checkpoints taken at the pause)."""
+    proc = start(cmd, RESJAX_TEST_HOOK=f"{at}:pause={marker}")
+    assert wait_for(marker.exists, proc, timeout=600), proc.communicate()[1][-3000:]
+    folder = Path(cmd[4].removeprefix("--workdir=")) / "checkpoints"
+    before = snapshot(folder)
+    fault()
+    marker.unlink()
+    _, stderr = proc.communicate(timeout=600)
+    return proc.returncode, stderr, before
+
+
+def console(stderr):
+    """stderr's lines but absl's warning lines (Orbax warns when a save waited over a second,
+    which a loaded machine does); never a traceback or an error log."""
+    assert "Traceback" not in stderr and not re.search(r"^E\d{4} ", stderr, re.M), stderr
+    return [line for line in stderr.strip().splitlines() if not re.match(r"W\d{4} ", line)]
+
+
+def config_of(cmd):
+    """The config `python -m resjax.train` builds from `cmd`, for a rerun in this process."""
+    spec = str(ROOT / cmd[3].removeprefix("--config="))
+    config = load_config(spec)
+    apply_overrides(config, cli.config_overrides(spec, cmd[5:]), "test")
+    return config
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_is_exact(
+    uninterrupted, fashion_mnist_dir, tmpfs, tmp_path
+):
+    workdir = tmpfs / "run"
+    # No metrics between the saves, so the save at step 30 is the first write to fail.
+    cmd = train_cmd(workdir, fashion_mnist_dir, "--config.log_every_steps=60")
+    cmd.append("--config.eval_every_steps=0")
+    status, stderr, before = run_paused(
+        cmd, tmp_path / "paused", "after_save@20", lambda: fill(tmpfs)
+    )
+    folder = workdir / "checkpoints"
+    assert status == 1
+    assert console(stderr) == [
+        f"error: checkpoint save at step 30 in {folder} failed ([Errno 28] No space left on "
+        "device); the last good checkpoint (step 20) is kept"
+    ]  # and nothing else: no traceback from Orbax's threads
+    assert not [p for p in folder.iterdir() if "tmp" in p.name]  # the partial step removed
+    assert snapshot(folder) == before and steps_on_disk(workdir) == [10, 20]
+
+    (tmpfs / "filler").unlink()
+    train_and_evaluate(config_of(cmd), workdir)  # the same command, rerun
+    assert json.loads((workdir / "resume_log.jsonl").read_text())["resumed_at_step"] == 20
+    jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(uninterrupted))
+
+
+def test_a_read_only_workdir_stops_the_run_and_a_damaged_step_is_skipped_on_rerun(
+    uninterrupted, fashion_mnist_dir, tmpfs, tmp_path
+):
+    workdir = tmpfs / "run"
+    cmd = train_cmd(workdir, fashion_mnist_dir)
+    status, stderr, before = run_paused(
+        cmd, tmp_path / "paused", "after_save@20", lambda: remount(tmpfs, "ro")
+    )
+    assert status == 1
+    assert console(stderr) == [
+        f"error: writing {workdir}/metrics.jsonl failed ([Errno 30] Read-only file system); "
+        "the checkpoints are kept: rerun the same command to resume once the workdir can be "
+        "written"
+    ]
+    assert snapshot(workdir / "checkpoints") == before
+
+    # Writable again, but step 20 came back damaged (a half-copied workdir): the rerun says
+    # so in one line, moves it aside and resumes from step 10, exactly.
+    remount(tmpfs, "rw")
+    truncate(data_file(workdir / "checkpoints" / "20"))
+    result = run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = console(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("warning: the checkpoint at step 20 cannot be restored (state/d/")
+    assert lines[0].endswith(f"{workdir}/checkpoints/20.unrestorable and resuming from step 10")
+    assert "resumed at step 10" in result.stdout
+    assert (workdir / "checkpoints" / "20.unrestorable" / "state").is_dir()
+    jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(uninterrupted))
+
+
+def test_metric_writers_fail_in_one_line_on_a_full_or_read_only_disk(tmpfs, tmp_path):
+    # TensorBoard: its own filesystem turns read-only while metrics.jsonl can still be written.
+    (tmp_path / "run" / "tb").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(tmpfs), str(tmp_path / "run" / "tb")], check=True)
+    try:
+        writer = MetricWriter(tmp_path / "run")
+        writer.write(10, {"train_loss": 1.5})
+        remount(tmp_path / "run" / "tb", "bind,ro")
+        with pytest.raises(MetricWriteError) as error:
+            writer.write(20, {"train_loss": 1.25})
+    finally:
+        subprocess.run(["umount", str(tmp_path / "run" / "tb")], check=True)
+    assert re.fullmatch(
+        rf"writing {tmp_path}/run/tb/events\.out\.tfevents\.\S+ failed \(\[Errno 30\] Read-only "
+        r"file system\); the checkpoints are kept: .*",
+        str(error.value),
+    )
+    assert [r["step"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open())] == [
+        10,
+        20,
+    ]
+
+    # metrics.jsonl on a full disk: the error, and no half row left for the rerun to append to.
+    writer = MetricWriter(tmpfs, tensorboard=False)
+    writer.write(10, {"note": "x" * 1000})
+    fill(tmpfs)
+    with pytest.raises(MetricWriteError, match=r"\[Errno 28\] No space left on device"):
+        writer.write(20, {"note": "y" * 100_000})
+    assert [json.loads(line)["step"] for line in (tmpfs / "metrics.jsonl").open()] == [10]
+
+
+# --- a SIGTERM or SIGINT at each moment of a run: a checkpoint, exit status 0, an exact end ---
+
+
+def test_a_signal_at_any_moment_saves_or_finishes_and_the_end_is_exact(
+    uninterrupted, fashion_mnist_dir, tmp_path, monkeypatch, capsys
+):
+    # One run, preempted at one moment after another (RESJAX_TEST_HOOK: the run signals itself
+    # there), each time rerun; it must end bitwise where the uninterrupted run ended.
+    workdir = tmp_path / "run"
+    config = config_of(train_cmd(workdir, fashion_mnist_dir))
+
+    def preempted(hook):
+        monkeypatch.setenv("RESJAX_TEST_HOOK", hook)
+        with pytest.raises(Preempted) as stop:
+            train_and_evaluate(config, workdir)
+        assert stop.value.code == 0  # what a scheduler sees: requeue, not a failure
+        return stop.value.message
+
+    def saved(sig, step):
+        return f"{sig}: saved a checkpoint at step {step} in {workdir}; rerun the same command to resume"
+
+    # Inside XLA's compilation of the first step: that step completes and is saved.
+    assert preempted("compile:SIGTERM") == saved("SIGTERM", 1)
+    assert preempted("start:SIGINT") == (
+        "SIGINT: stopped before the first step, nothing new to save (the checkpoint at step 1 "
+        "is kept); rerun the same command to resume"
+    )
+    assert preempted("before_save@10:SIGTERM") == saved("SIGTERM", 10)
+    # The periodic save of step 20 is under way: reused, not repeated ("already exists").
+    assert preempted("during_save@20:SIGINT") == saved("SIGINT", 20)
+    assert preempted("eval@40:SIGTERM") == saved("SIGTERM", 40)
+    assert preempted("after_save@50:SIGINT") == saved("SIGINT", 50)
+    assert steps_on_disk(workdir)[-2:] == [40, 50]
+    shutil.copytree(workdir, tmp_path / "at50")
+    # The last step: saved before the final evaluation, which the rerun runs.
+    assert preempted("step@60:SIGTERM") == saved("SIGTERM", 60)
+    assert not (workdir / "results.json").exists()
+    capsys.readouterr()
+
+    # While the run finishes (final evaluation, final save), a signal does not stop it.
+    monkeypatch.setenv("RESJAX_TEST_HOOK", "final_eval:SIGINT")
+    results = train_and_evaluate(config, workdir)
+    finished = f"arrived while the run was finishing; it finished at step 60 (results in {workdir}"
+    assert f"SIGINT {finished}" in capsys.readouterr().err
+    monkeypatch.setenv("RESJAX_TEST_HOOK", "during_final_save:SIGTERM")
+    assert train_and_evaluate(config, tmp_path / "at50")["test_error"] == results["test_error"]
+    assert f"SIGTERM {finished.replace(str(workdir), str(tmp_path / 'at50'))}" in (
+        capsys.readouterr().err
+    )
+
+    theirs = json.loads((uninterrupted / "results.json").read_text())
+    assert results["test_error"] == theirs["test_error"]
+    assert results["train_loss"] == theirs["train_loss"]  # the last window, kept in the meta
+    for run_dir in (workdir, tmp_path / "at50"):
+        jax.tree.map(np.testing.assert_array_equal, params_of(run_dir), params_of(uninterrupted))
