@@ -60,7 +60,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire is also how long a requeued job waits before it may start again (default 120 s).
+# cred_expire is also how long a requeued job waits before it may start again (default 120 s;
+# 5, the least SLURM 22.05 accepts, keeps the requeue tests short).
 AuthInfo=socket=$2,cred_expire=5
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
