@@ -237,8 +237,9 @@ elif [[ $terminated == 1 ]]; then
   exit 0
 elif [[ $rc -eq 0 || $rc -eq 143 ]]; then
   # Stopped by SIGTERM (preempted, out of time): it checkpointed and exited 0, or the signal
-  # came before training began and killed it (143 = 128 + SIGTERM). Either way its rerun
-  # resumes or restarts it; a point that fails for a reason of its own exits 1.
+  # came before the point could handle it (Python still starting) and killed it (143 = 128 +
+  # SIGTERM). Either way its rerun resumes or restarts it; a point that fails for a reason of
+  # its own exits 1.
   echo "=== $name stopped before the end (preempted or out of time, exit $rc): requeued" >>"$log"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0

@@ -322,8 +322,8 @@ def test_slurm_dry_run_script(fake_python, tmp_path):
 
     # Run the script as SLURM would for array task 2, with srun and scontrol stand-ins: it
     # trains point 2 with its flags; a point that stopped early (preempted) requeues itself,
-    # whether it checkpointed (exit 0) or SIGTERM killed it before training began (exit 143,
-    # as the real scheduler showed); a point that fails (exit 1) is recorded and not requeued.
+    # whether it checkpointed (exit 0) or SIGTERM killed it before it could (exit 143, as the
+    # real scheduler showed); a point that fails (exit 1) is recorded and not requeued.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(SRUN_STAND_IN)
@@ -474,7 +474,7 @@ def slurm_sweep(slurm, fashion_mnist_dir, tmp_path_factory):
     args = [
         f"--config.data.dir={fashion_mnist_dir}",
         f"--config.total_steps={SLURM_STEPS}",
-        "--config.checkpoint_every_steps=0",  # one save only: the preemption's (see README)
+        "--config.checkpoint_every_steps=0",  # the preemption's save is the one that counts
     ]
     started = time.monotonic()
     submit = launch("--slurm", sweep, "--workdir", slurm_dir, *args, env=slurm)
