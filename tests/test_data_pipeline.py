@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -233,11 +234,14 @@ def test_normalisation_on_the_device_gives_the_bits_of_normalisation_on_the_host
     config.eval_batch_size = 8
     mesh = Mesh(np.array(jax.devices()), ("data",))
     tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 9, ()))
+    model = for_config(config, mesh).build_model(config, splits.num_classes)
+    initial = create_train_state(
+        config, model, tx, splits.image_shape, NamedSharding(mesh, PartitionSpec())
+    )
     runs = []
     for on_host in (True, False):
         par = for_config(config, mesh, splits=None if on_host else splits)
-        model = par.build_model(config, splits.num_classes)
-        state = create_train_state(config, model, tx, splits.image_shape, par.replicated)
+        state = jax.tree.map(jnp.copy, initial)  # the step donates its input
         it = data.TrainIterator(splits, 16, 0, config.data, mesh=mesh, normalize_on_host=on_host)
         metrics = par.empty_metrics()
         for _ in range(2):

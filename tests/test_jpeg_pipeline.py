@@ -183,9 +183,9 @@ def test_a_corrupt_image_is_an_error_naming_it_or_is_skipped_and_counted(jpeg_di
     whole = next(data.TrainIterator(splits, 22, 0, config, normalize_on_host=False))
     np.testing.assert_array_equal(np.concatenate([next(p)["image"] for p in parts]), whole["image"])
 
-    # Evaluation: record 2 of 'validation' is truncated. Through worker processes (2 batches,
-    # 2 workers), the error still names it; skipped, it is masked out.
-    config = config_for(jpeg_dir, workers=2)
+    # Evaluation: record 2 of 'validation' is truncated. Through a worker process, the error
+    # still names it; skipped, it is masked out.
+    config = config_for(jpeg_dir, workers=1)
     splits = load(config)
     with pytest.raises(data.CorruptExampleError, match=r"'validation' record 2 .*truncated"):
         list(data.eval_batches(splits.test, splits, 4, data_config=config))
