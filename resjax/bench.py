@@ -95,11 +95,13 @@ def _timed_windows(run_window, windows: int) -> list[float]:
     return times
 
 
-def prepare(config, mesh: Mesh, shape: tuple[int, ...], num_classes: int):
+def prepare(
+    config, mesh: Mesh, shape: tuple[int, ...], num_classes: int, splits: data.Splits | None = None
+):
     """(parallel, state, batch, init seconds): resjax's train step for `config` on `mesh` (the
-    parallelism `config` asks for), with a fixed synthetic batch of `config.batch_size` images
-    on the devices."""
-    par = parallel.for_config(config, mesh)
+    parallelism `config` asks for; with `splits`, also taking their uint8 batches), with a fixed
+    synthetic batch of `config.batch_size` float images on the devices."""
+    par = parallel.for_config(config, mesh, splits=splits)
     model = par.build_model(config, num_classes)
     tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 10**6, ()))
 
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         imagenet = args.model in {f"resnet{d}" for d in IMAGENET_STAGES}
         shape = (224, 224, 3) if imagenet else (32, 32, 3)
         num_classes = 1000 if imagenet else 10
-    par, state, batch, init_s = prepare(config, mesh, shape, num_classes)
+    par, state, batch, init_s = prepare(config, mesh, shape, num_classes, splits)
     metrics = par.empty_metrics()
     if args.parallelism == "jit":
         t0 = time.perf_counter()
@@ -193,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seed=0,
             data_config=config.data,
             mesh=par.data_mesh,
+            normalize_on_host=False,  # uint8, normalised in the step, as in training
         )
         for _ in range(args.warmup):
             state, metrics = par.step(state, next(it), metrics)
