@@ -3,40 +3,46 @@
     python -m resjax.train --config=configs/depth_sweep.py --workdir=runs/depth_sweep
     python -m resjax.report runs/depth_sweep          # the table and plots again, on demand
 
-runs the default sweep: plain and residual CIFAR-style nets of depth 20, 38 and 56 on
-Fashion-MNIST, one seed, each point in `runs/depth_sweep/<point>/` (e.g. `plain_d56_s0`), then
-writes `report.md`, `report.csv` and the plots there; `./launch.sh configs/depth_sweep.py
---parallel 2` runs two points at a time. Record: experiments/2026-12-02_depth_sweep/ (the
-recipe search, seed 0 of this recipe; its three-seed run and the wall time on a quiet machine
-are still to be measured there).
+runs the default sweep: plain and residual pre-activation nets of depth 20, 38 and 56 on
+Fashion-MNIST, one seed, each point in `runs/depth_sweep/<point>/` (e.g. `plain_pre_d56_s0`),
+then writes `report.md`, `report.csv` and the plots there; `./launch.sh configs/depth_sweep.py
+--parallel 2` runs two points at a time. Record: experiments/2026-12-02_depth_sweep/ (the recipe
+search, the three-seed run, the wall time).
 
 One point is one string, which reproduces that point of the sweep exactly:
 
-    python -m resjax.train --config=configs/depth_sweep.py:depth=56,plain=1 --workdir=runs/p56
+    python -m resjax.train --config=configs/depth_sweep.py:depth=56,plain=1,ordering=pre \
+        --workdir=runs/p56
 
 Point keys: depth (6n+2), plain (0|1), seed, recipe ('fmnist'|'fmnist_long'|'cifar10'), ordering
 ('post'|'pre'), shortcut ('A'|'B'|'C'|'conv'). A bare word names a sweep instead:
 `:fmnist_3seeds` (the default with seeds 0-2, mean ± std), `:converged` (the default's nets
 on the full 55k split for 10 epochs, seeds 0-1: hours on a CPU), `:cifar10` (He et al.'s CIFAR-10
-sweep, 20/32/44/56/110, for GPUs), `:preact` (post- vs pre-activation), `:shortcut` (shortcut
-kinds A/B/C), `:cifar10_preact`, `:cifar10_shortcut`;
+sweep, 20/32/44/56/110, post-activation as in their Fig. 6, for GPUs), `:preact` (post- vs
+pre-activation), `:shortcut` (shortcut kinds A/B/C), `:cifar10_preact`, `:cifar10_shortcut`;
 `python -m resjax.sweep list configs/depth_sweep.py:cifar10` prints its points.
 
 Why the default recipe looks the way it does. He et al.'s Fig. 6 shows both halves at once:
-deeper plain nets end with higher training error (20 < 32 < 44 < 56), deeper residual nets with
-lower. On two CPU cores in ~15 minutes:
-- Depths 20/38/56 (n = 3, 6, 9 blocks per stage), widths 8/16/32 (He et al.'s halved). A
-  shallowest depth of 8 was tried: plain-8 is so small (19k parameters) that plain-20 beats it
-  by capacity alone, which hides the plain half.
-- A 10k-example training subset (the last 2k of the first 12k are the validation split), no
-  augmentation, ~9 passes: on the full 55k split, 1,800 steps of 64 (2 passes) left
-  ResNet-20 and ResNet-56 within 0.5 points of each other (both still far from fitting the
-  data); with several passes over a fixed set, the capacity that depth adds to a residual
-  net shows in its training error from depth 20 to 38 (not yet, within noise, from 38 to 56:
-  see the record), while the deep plain nets stay hard to optimise.
-- Batch 64, lr 0.05, ÷10 at 50% and 75% of 1,400 steps, He et al.'s momentum and weight decay.
-"Final training error" is the mean error of the training batches in the last 140 steps (about
-one pass over the subset), as He et al. plot training error; the report says so too.
+deeper plain nets end with higher training error, deeper residual nets with lower. The default
+has to show both within ~15 minutes of two CPU cores (the record has every probe):
+- Depths 20/38/56 (n = 3, 6, 9 blocks per stage), widths 8/16/32 (He et al.'s halved, 4x fewer
+  FLOPs). Depth 8 at the shallow end was tried: plain-8 (19k parameters) is beaten by plain-20
+  on capacity alone, which hides the plain half.
+- Pre-activation blocks (He et al. 2016: BN-ReLU-conv, nothing after the addition) for both
+  families. With He et al. 2015's post-activation blocks and this budget, residual training
+  error bottomed out at depth 38 and ResNet-56 ended above it (5.7 / 3.9 / 4.7 / ~5% at depths
+  20/38/44/56): the narrow deep nets fit more slowly in 1,000 steps. With the identity path kept
+  clean the deeper residual net fits better at every depth, as in He et al. 2016's motivation.
+- A 5k-example training subset (the first 7k of the train split, its last 2k the validation
+  split), no augmentation, 1,000 steps of 64 (12.8 passes): several passes over a fixed set let
+  depth's capacity show in a residual net's training error; on the full split in this budget
+  ResNet-20 and ResNet-56 ended within 0.5 points.
+- lr 0.05 for batch 64 (He et al.'s 0.1 per 128), reached by a linear warm-up over the first 100
+  steps (the deep nets' first steps at full rate cost them for the rest of the run, as He et
+  al. found for ResNet-110), ÷10 at 50% and 75% of the steps, momentum 0.9, weight decay 1e-4.
+"Final training error" is the error of the final weights on the 5k training examples
+(BatchNorm in evaluation mode, one pass, no augmentation): the running error of the last window
+of training batches is also reported, but it moves by about a point between windows of one run.
 """
 
 from __future__ import annotations
@@ -45,33 +51,35 @@ from resjax.config import base_config, lock, parse_point, point_name_of, sweep_p
 
 # --- The default sweep's recipe: the numbers the docstring reports ---
 
-_DEPTH = dict(depths=(20, 38, 56), plain=(1, 0), seeds=(0,))  # n = 3, 6, 9 blocks per stage
+# n = 3, 6, 9 pre-activation blocks per stage; families outermost, plain first
+_DEPTH = dict(depths=(20, 38, 56), plain=(1, 0), seeds=(0,), ordering=("pre",))
 
 
 def _fast_fmnist(c) -> None:
     """Sized for the whole default sweep to run in under 15 minutes on 2 CPU cores."""
     c.data.name = "fashion_mnist"
-    c.data.train_split = "train[:12000]"  # 10k to train on, the last 2k for validation:
-    c.data.val_examples = 2000  # nine passes over it fit the budget (see the docstring)
+    c.data.train_split = "train[:7000]"  # 5k to train on, the last 2k for validation:
+    c.data.val_examples = 2000  # 12.8 passes over it fit the budget (see the docstring)
     c.data.augment = "none"  # a fixed training set: training error is what the optimiser fits
     c.model.overrides.widths = (8, 16, 32)  # He et al.'s 16/32/64 halved (4x fewer FLOPs)
     c.model.overrides.stem_width = 8
     c.batch_size = 64
-    c.total_steps = 1400  # 89,600 images: ~9 epochs of the 10k
-    c.optim.lr = 0.05  # from the first recipe search: plain-56 trains at all at this rate
-    c.optim.decay_steps = (700, 1050)  # ÷10 at 50% and 75%, as He et al.'s 32k/48k of 64k
-    c.log_every_steps = 140  # final training error: the last 140 steps, ~one pass (8,960 images)
-    c.diagnostics_every_steps = 1400  # per-block gradient flow at the end, for the report
+    c.total_steps = 1000  # 64,000 images: 12.8 epochs of the 5k
+    c.optim.lr = 0.05  # He et al.'s 0.1 per 128 examples
+    c.optim.warmup_steps = 100  # linear ramp from 0: the deep nets' first steps stay stable
+    c.optim.decay_steps = (500, 750)  # ÷10 at 50% and 75%, as He et al.'s 32k/48k of 64k
+    c.log_every_steps = 100  # the running training error: 6,400 images, ~1.3 passes
+    c.eval_train_at_end = True  # final training error: the final weights on all 5k examples
+    c.diagnostics_every_steps = 1000  # per-block gradient flow at the end, for the report
     c.eval_every_steps = 0  # evaluate once, at the end
-    c.eval_train_at_end = True  # final training error: the final weights on all 10k examples
-    c.checkpoint_every_steps = 700
+    c.checkpoint_every_steps = 500
     c.eval_batch_size = 500
 
 
 # --- Named sweeps: depths, families (plain flags), seeds, and the ablated field's values ---
 
 _PREACT = dict(_DEPTH, plain=(0,), ordering=("post", "pre"))  # He et al. 2016's ordering
-_SHORTCUT = dict(_DEPTH, plain=(0,), shortcut=("A", "B", "C"))  # He et al. 2015, Table 3
+_SHORTCUT = dict(_DEPTH, plain=(0,), shortcut=("A", "B", "C"))  # kinds of He et al. 2015, Tab. 3
 _CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2015, Fig. 6 and Table 6
 SWEEPS = {
     "fmnist": dict(_DEPTH, recipe="fmnist"),  # the default: ~15 min on 2 CPU cores
@@ -79,9 +87,10 @@ SWEEPS = {
     "converged": dict(_DEPTH, seeds=(0, 1), recipe="fmnist_long"),  # hours on 2 CPU cores
     "preact": dict(_PREACT, recipe="fmnist"),
     "shortcut": dict(_SHORTCUT, recipe="fmnist"),
-    "cifar10": dict(_DEPTH, depths=_CIFAR_DEPTHS, recipe="cifar10"),
+    # He et al. 2015's CIFAR-10 runs, post-activation as in their Fig. 6 and Table 6.
+    "cifar10": dict(_DEPTH, depths=_CIFAR_DEPTHS, ordering=("post",), recipe="cifar10"),
     "cifar10_preact": dict(_PREACT, depths=_CIFAR_DEPTHS, recipe="cifar10"),
-    "cifar10_shortcut": dict(_SHORTCUT, depths=_CIFAR_DEPTHS, recipe="cifar10"),
+    "cifar10_shortcut": dict(_SHORTCUT, depths=_CIFAR_DEPTHS, ordering=("post",), recipe="cifar10"),
 }
 
 
@@ -113,7 +122,8 @@ def _converged_fmnist(c) -> None:
     c.total_epochs = 10.0  # 8,590 steps of 64
     c.optim.decay_steps = None
     c.optim.decay_epochs = (5.0, 7.5)  # ÷10 at 50% and 75%, as the default
-    c.log_every_steps = 430  # final training error: the last 430 steps, 27,520 images
+    c.optim.warmup_steps = 100  # the default's warm-up, in steps
+    c.log_every_steps = 430  # the running training error: the last 430 steps, 27,520 images
     c.diagnostics_every_steps = 0
     c.eval_every_steps = 859  # every epoch
     c.checkpoint_every_steps = 859
