@@ -28,11 +28,14 @@ has to show both within ~15 minutes of two CPU cores (the record has every probe
 - Depths 20/38/56 (n = 3, 6, 9 blocks per stage), widths 8/16/32 (He et al.'s halved, 4x fewer
   FLOPs). Depth 8 at the shallow end was tried: plain-8 (19k parameters) is beaten by plain-20
   on capacity alone, which hides the plain half.
-- Pre-activation blocks (He et al. 2016: BN-ReLU-conv, nothing after the addition) for both
-  families. With He et al. 2015's post-activation blocks and this budget, residual training
-  error bottomed out at depth 38 and ResNet-56 ended above it (5.7 / 3.9 / 4.7 / ~5% at depths
-  20/38/44/56): the narrow deep nets fit more slowly in 1,000 steps. With the identity path kept
-  clean the deeper residual net fits better at every depth, as in He et al. 2016's motivation.
+- Pre-activation blocks (He et al. 2016: BN-ReLU-conv, nothing after the addition). A plain
+  net is the same network in either ordering (conv-BN-ReLU repeated, the same parameters and
+  initial values: plain-56 ends at 21.34% either way), so the plain half is exactly He et al.
+  2015's plain nets; only the residual nets' identity path changes. With post-activation
+  residual blocks at this width and budget, training error bottomed out at depth 38 and
+  ResNet-56 ended above it (5.7 / 3.9 / 4.7 / ~5% at depths 20/38/44/56): their deep nets fit
+  more slowly in 1,000 steps. With the identity path kept clean, the deeper residual net fits
+  better at every step of depth.
 - A 5k-example training subset (the first 7k of the train split, its last 2k the validation
   split), no augmentation, 1,000 steps of 64 (12.8 passes): several passes over a fixed set let
   depth's capacity show in a residual net's training error; on the full split in this budget
