@@ -135,7 +135,7 @@ def test_batches_are_uint8_random_resized_crops_the_same_for_any_process_count(j
     np.testing.assert_array_equal(next(on_host)["image"], splits.normalize_images(first["image"]))
 
 
-def test_worker_processes_make_the_same_batches_and_resume_exactly(jpeg_dir):
+def test_worker_processes_make_the_same_batches_resume_exactly_and_dying_is_an_error(jpeg_dir):
     config = config_for(jpeg_dir, random_erase=0.5)
     splits = load(config)
     threads = data.TrainIterator(splits, 8, seed=1, data_config=config, normalize_on_host=False)
@@ -145,11 +145,29 @@ def test_worker_processes_make_the_same_batches_and_resume_exactly(jpeg_dir):
     resumed = data.TrainIterator(splits, 8, seed=1, data_config=config, normalize_on_host=False)
     resumed.set_state({"batches_consumed": 2})  # the workers start at batch 2
     got = [next(resumed) for _ in range(3)]
-    resumed.close()
     assert resumed.get_state() == {"batches_consumed": 5}
     for w, g in zip(want[2:], got, strict=True):
         np.testing.assert_array_equal(g["image"], w["image"])
         np.testing.assert_array_equal(g["label"], w["label"])
+
+    # A worker that dies (here: SIGKILL, as the out-of-memory killer sends) is a clear error
+    # within seconds, not a hang.
+    worker = next(c for c in multiprocessing.active_children() if "grain" in c.name)
+    os.kill(worker.pid, signal.SIGKILL)
+
+    def hung(signum, frame):
+        raise TimeoutError("the iterator hung on a dead worker")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        with pytest.raises(data.DataWorkerError, match=r"died \(exit code -9\) before batch"):
+            for _ in range(6):  # batches the workers had finished may still arrive
+                next(resumed)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        resumed.close()
     assert not [c for c in multiprocessing.active_children() if "grain" in c.name]
 
 
@@ -192,29 +210,6 @@ def test_a_corrupt_image_is_an_error_naming_it_or_is_skipped_and_counted(jpeg_di
     config.update({"corrupt_images": "skip", "workers": 0})
     batches = list(data.eval_batches(splits.test, splits, 4, data_config=config))
     assert [b["mask"].tolist() for b in batches] == [[1, 1, 0, 1], [1, 1, 0, 0]]
-
-
-def test_a_worker_that_dies_is_a_clear_error_not_a_hang(jpeg_dir):
-    config = config_for(jpeg_dir, workers=1, prefetch_batches=0)
-    splits = load(config)
-    it = data.TrainIterator(splits, 8, seed=0, data_config=config, normalize_on_host=False)
-    next(it)
-    (worker,) = [c for c in multiprocessing.active_children() if "grain" in c.name]
-    os.kill(worker.pid, signal.SIGKILL)
-
-    def hung(signum, frame):
-        raise TimeoutError("the iterator hung on a dead worker")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(120)
-    try:
-        with pytest.raises(data.DataWorkerError, match=r"died \(exit code -9\) before batch"):
-            for _ in range(3):  # the batch the worker had finished may still arrive
-                next(it)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        it.close()
 
 
 def test_dataset_reencoded_at_a_shorter_side_is_what_training_reads(jpeg_dir, tmp_path):
