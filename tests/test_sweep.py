@@ -53,20 +53,24 @@ def tiny_sweep(tmp_path):
 
 
 def test_default_depth_sweep_points_and_names():
-    # The depths are the recipe's to choose (configs/depth_sweep.py's _DEPTH); the order and the
-    # names are the sweep's: plain then residual, shallow to deep.
-    depths = sweep_points.load_config_module(DEPTH_SWEEP)._DEPTH["depths"]
+    # The depths and ordering are the recipe's to choose (configs/depth_sweep.py's _DEPTH); the
+    # order and the names are the sweep's: plain then residual, in the recipe's depth order.
+    depth = sweep_points.load_config_module(DEPTH_SWEEP)._DEPTH
+    (ordering,) = depth["ordering"]  # one ordering, named in the point ('pre' is not the default)
     points = sweep_points.enumerate_points(DEPTH_SWEEP)
     assert [p.name for p in points] == [
-        f"{family}_d{d}_s0" for family in ("plain", "resnet") for d in depths
+        f"{family}_{ordering}_d{d}_s0" for family in ("plain", "resnet") for d in depth["depths"]
     ]
+    assert {p.config.model.overrides.ordering for p in points} == {ordering}
+    depths = depth["depths"]
     d, deepest = max(depths), points[len(depths) - 1]  # the deepest plain net
-    assert deepest.arg == f"depth={d},plain=1,seed=0" and runner.model_depth(deepest.config) == d
-    assert deepest.flags() == [f"--config={DEPTH_SWEEP}:depth={d},plain=1,seed=0"]
+    arg = f"depth={d},plain=1,seed=0,ordering={ordering}"
+    assert deepest.arg == arg and runner.model_depth(deepest.config) == d
+    assert deepest.flags() == [f"--config={DEPTH_SWEEP}:{arg}"]
     assert deepest.config.is_locked and deepest.config.model.name == f"plain{d}"
     # The point string alone rebuilds the same config: a point is reproducible from its name.
-    again = sweep_points.enumerate_points(DEPTH_SWEEP, f"depth={d},plain=1")
-    assert [p.name for p in again] == [f"plain_d{d}_s0"]
+    again = sweep_points.enumerate_points(DEPTH_SWEEP, f"depth={d},plain=1,ordering={ordering}")
+    assert [p.name for p in again] == [f"plain_{ordering}_d{d}_s0"]
     assert again[0].config.to_dict() == deepest.config.to_dict()
     assert not sweep_points.is_sweep(DEPTH_SWEEP, "depth=56,plain=1") and sweep_points.is_sweep(
         DEPTH_SWEEP, None
@@ -87,7 +91,7 @@ def test_named_sweeps():
 
 
 def test_unknown_keys_fail_before_anything_runs(tmp_path):
-    with pytest.raises(sweep_points.SweepError, match=r"sweep point 1 'plain_d\d+_s0'.*'optim.lrr'.*"
+    with pytest.raises(sweep_points.SweepError, match=r"sweep point 1 'plain_(pre_)?d\d+_s0'.*'optim.lrr'.*"
                        r"Did you mean 'optim.lr'"):  # fmt: skip
         sweep_points.enumerate_points(DEPTH_SWEEP, None, {"optim.lrr": 0.1})
     with pytest.raises(sweep_points.SweepError, match=r"unknown key 'plian'; allowed keys: depth"):

@@ -21,6 +21,7 @@ from resjax.training import (
     NonFiniteLossError,
     create_train_state,
     for_config,
+    loop,
     train_and_evaluate,
 )
 
@@ -323,7 +324,9 @@ def test_diagnostics_are_logged_every_n_steps(fashion_mnist_dir, tmp_path):
     assert all(np.isfinite(v) for k, v in diag[0].items() if k.startswith("diag/"))
 
 
-def test_persistent_compilation_cache_is_written(fashion_mnist_dir, tmp_path):
+def test_persistent_compilation_cache_is_written(fashion_mnist_dir, tmp_path, monkeypatch):
+    # The tiny model compiles in under a second on a quiet machine: cache every compilation.
+    monkeypatch.setattr(loop, "CACHE_MIN_COMPILE_SECS", 0.0)
     cache = tmp_path / "xla_cache"
     config = tiny_config(
         fashion_mnist_dir, compilation_cache_dir=str(cache), total_steps=2, eval_every_steps=0
@@ -332,4 +335,5 @@ def test_persistent_compilation_cache_is_written(fashion_mnist_dir, tmp_path):
         train_and_evaluate(config, tmp_path / "run")
     finally:
         jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     assert any(cache.iterdir())

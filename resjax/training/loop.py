@@ -85,10 +85,14 @@ def check_workdir(workdir: Path) -> None:
         raise OSError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
 
 
+# Compilations faster than this are not worth a file in the cache (JAX's own default).
+CACHE_MIN_COMPILE_SECS = 1.0
+
+
 def _use_compilation_cache(config: ml_collections.ConfigDict) -> None:
     if config.get("compilation_cache_dir"):
         jax.config.update("jax_compilation_cache_dir", str(config.compilation_cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECS)
 
 
 def environment(model: models.ResNet) -> dict[str, Any]:
