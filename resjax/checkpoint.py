@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -390,6 +391,7 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         if step not in self.manager.all_steps():
             self.wait()  # a failure of the previous save is reported under its own step
+            self._probe(step)
             metrics = {"val_error": float("inf") if val_error is None else float(val_error)}
             try:
                 self.manager.save(
@@ -407,6 +409,20 @@ class Checkpointer:
         if wait:
             self.wait()
 
+    def _probe(self, step: int) -> None:
+        """Writes and removes a small file first: when Orbax's own first write fails (a workdir
+        gone read-only, a disk already full), the threads it started for that save wait for
+        signals that never come, and the process hangs for 5 minutes at exit."""
+        probe = self.directory / f".write_probe_{jax.process_index()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                probe.write_bytes(bytes(4096))
+            finally:
+                probe.unlink(missing_ok=True)
+        except OSError as e:
+            self._failed(step, e)
+
     def wait(self) -> None:
         """Blocks until every pending asynchronous save is on disk."""
         step, self._pending = self._pending, None
@@ -419,6 +435,11 @@ class Checkpointer:
 
     def _failed(self, step: int, error: Exception) -> None:
         """Removes the failed step's temporary folder; raises CheckpointSaveError."""
+        # A save that fails before its writes start (a read-only workdir) leaves coroutines that
+        # Orbax created but never ran, held by its manager until the process exits, where each
+        # would print "coroutine ... was never awaited" (two lines) after the error. The run
+        # stops on this error, so from here on that warning is silenced.
+        warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
         leftover = ""
         if jax.process_index() == 0:
             for path in self.directory.glob(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}*"):
