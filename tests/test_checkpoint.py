@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from resjax import checkpoint, cli, evaluate, export
 from resjax.models import load_params
@@ -531,6 +534,21 @@ def test_a_read_only_workdir_stops_the_run_and_a_damaged_step_is_skipped_on_reru
     jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(uninterrupted))
 
 
+def read_events(path):
+    """(step, tag, value) of each scalar in a TensorBoard event file, every record's CRCs
+    checked (TFRecord framing, as TensorBoard reads it)."""
+    data, scalars = path.read_bytes(), []
+    while data:
+        header, data = data[:8], data[8:]
+        (length,) = struct.unpack("Q", header)
+        assert struct.unpack("I", data[:4])[0] == masked_crc32c(header)
+        body, crc, data = data[4 : 4 + length], data[4 + length : 8 + length], data[8 + length :]
+        assert struct.unpack("I", crc)[0] == masked_crc32c(body)
+        event = event_pb2.Event.FromString(body)
+        scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return scalars
+
+
 def test_metric_writers_fail_in_one_line_on_a_full_or_read_only_disk(tmpfs, tmp_path):
     # TensorBoard: its own filesystem turns read-only while metrics.jsonl can still be written.
     (tmp_path / "run" / "tb").mkdir(parents=True)
@@ -538,6 +556,8 @@ def test_metric_writers_fail_in_one_line_on_a_full_or_read_only_disk(tmpfs, tmp_
     try:
         writer = MetricWriter(tmp_path / "run")
         writer.write(10, {"train_loss": 1.5})
+        [events] = (tmp_path / "run" / "tb").glob("events.out.tfevents.*")
+        assert read_events(events) == [(10, "train_loss", 1.5)]  # TensorBoard's format
         remount(tmp_path / "run" / "tb", "bind,ro")
         with pytest.raises(MetricWriteError) as error:
             writer.write(20, {"train_loss": 1.25})
