@@ -440,6 +440,11 @@ class Checkpointer:
         # would print "coroutine ... was never awaited" (two lines) after the error. The run
         # stops on this error, so from here on that warning is silenced.
         warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+        # The same failure, set on futures of TensorStore's writes that nothing awaited any more,
+        # is logged by asyncio when they are collected (with no Orbax frame to recognise it by).
+        asyncio_logger = logging.getLogger("asyncio")
+        if not any(isinstance(f, _DropUnretrieved) for f in asyncio_logger.filters):
+            asyncio_logger.addFilter(_DropUnretrieved())
         leftover = ""
         if jax.process_index() == 0:
             for path in self.directory.glob(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}*"):
@@ -527,6 +532,14 @@ class _DropReported(logging.Filter):
         paths = [record.pathname]
         paths += [f.filename for f in traceback.extract_tb(record.exc_info[2])]
         return not any(f"{os.sep}orbax{os.sep}" in path for path in paths)
+
+
+class _DropUnretrieved(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" records; installed once a save
+    has failed, whose error resjax has already reported in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
 
 
 class _IgnoreClosedLoop:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tensorboardX.proto import event_pb2
@@ -52,6 +53,7 @@ def xla_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     yield
     jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()  # JAX keeps the folder it opened until told to forget it
     jax.config.update("jax_persistent_cache_min_compile_time_secs", saved_min_time)
     for key, value in saved_env.items():
         if value is None:

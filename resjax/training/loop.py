@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental.compilation_cache import compilation_cache
 
 from resjax import checkpoint, data, models, optim, xla_flags
 from resjax.models.conv import use_cpu_convs
@@ -90,9 +91,15 @@ CACHE_MIN_COMPILE_SECS = 1.0
 
 
 def _use_compilation_cache(config: ml_collections.ConfigDict) -> None:
-    if config.get("compilation_cache_dir"):
-        jax.config.update("jax_compilation_cache_dir", str(config.compilation_cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECS)
+    folder = config.get("compilation_cache_dir")
+    if not folder:
+        return
+    if jax.config.jax_compilation_cache_dir != str(folder):
+        # JAX opens its cache folder once per process; a run in a process that has
+        # already compiled with another folder would otherwise write there.
+        compilation_cache.reset_cache()
+    compilation_cache.set_cache_dir(str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECS)
 
 
 def environment(model: models.ResNet) -> dict[str, Any]:
