@@ -1,12 +1,50 @@
 """Every test runs on 4 fake CPU devices, set before JAX initialises: multi-device code paths
-(sharding, pmap, cross-device BatchNorm) are tested on any machine."""
+(sharding, pmap, cross-device BatchNorm) are tested on any machine.
+
+The whole session shares one persistent XLA cache, in this process and in every process it
+starts (the environment variables): the tests compile the same few tiny networks' steps again
+and again, and a cached executable is the one XLA would build, so results are bit for bit the
+same. RESJAX_TEST_XLA_CACHE=0 turns it off."""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["JAX_NUM_CPU_DEVICES"] = "4"
 
-import pytest  # noqa: E402  (after the environment is set)
+import jax  # noqa: E402  (after the environment is set)
+import pytest  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
+
+XLA_CACHE_VARIABLES = {  # read by JAX in the processes that tests start
+    "JAX_COMPILATION_CACHE_DIR": None,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xla_cache(tmp_path_factory):
+    """Sets the session's XLA cache folder; yields it (None when turned off)."""
+    if os.environ.get("RESJAX_TEST_XLA_CACHE", "1") == "0":
+        yield None
+        return
+    folder = str(tmp_path_factory.mktemp("xla_cache"))
+    saved = {k: os.environ.get(k) for k in XLA_CACHE_VARIABLES}
+    os.environ.update({k: v or folder for k, v in XLA_CACHE_VARIABLES.items()})
+    use_xla_cache(folder)
+    yield folder
+    use_xla_cache(None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def use_xla_cache(folder):
+    """Points this process's JAX at `folder` (None: no cache), caching every compilation."""
+    compilation_cache.reset_cache()  # JAX keeps the folder it opened until told to forget it
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0 if folder else 1.0)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tensorboardX.proto import event_pb2
@@ -35,31 +34,6 @@ from resjax.training import Preempted, train_and_evaluate
 from resjax.training.metric_writer import MetricWriteError, MetricWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE_VARIABLES = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def xla_cache(tmp_path_factory):
-    """One persistent XLA cache for every run of this module, in this process and in the ones
-    it starts: the runs compile the same few functions again and again, and a cached
-    executable is the one XLA would build (the results are the same, bit for bit)."""
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
-    saved_env = {k: os.environ.get(k) for k in CACHE_VARIABLES}
-    saved_min_time = jax.config.jax_persistent_cache_min_compile_time_secs
-    os.environ.update(
-        {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    )
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()  # JAX keeps the folder it opened until told to forget it
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved_min_time)
-    for key, value in saved_env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def train_cmd(workdir, data_dir, *extra, steps=60, every=10):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import use_xla_cache
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -324,8 +325,12 @@ def test_diagnostics_are_logged_every_n_steps(fashion_mnist_dir, tmp_path):
     assert all(np.isfinite(v) for k, v in diag[0].items() if k.startswith("diag/"))
 
 
-def test_persistent_compilation_cache_is_written(fashion_mnist_dir, tmp_path, monkeypatch):
+def test_persistent_compilation_cache_is_written(
+    fashion_mnist_dir, tmp_path, monkeypatch, xla_cache
+):
     # The tiny model compiles in under a second on a quiet machine: cache every compilation.
+    # The session's own cache (conftest) is open in this process already: the run must move
+    # JAX to the folder its config names.
     monkeypatch.setattr(loop, "CACHE_MIN_COMPILE_SECS", 0.0)
     cache = tmp_path / "xla_cache"
     config = tiny_config(
@@ -334,6 +339,5 @@ def test_persistent_compilation_cache_is_written(fashion_mnist_dir, tmp_path, mo
     try:
         train_and_evaluate(config, tmp_path / "run")
     finally:
-        jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        use_xla_cache(xla_cache)
     assert any(cache.iterdir())
