@@ -17,7 +17,7 @@ One point is one string, which reproduces that point of the sweep exactly:
 Point keys: depth (6n+2), plain (0|1), seed, recipe ('fmnist'|'fmnist_long'|'cifar10'), ordering
 ('post'|'pre'), shortcut ('A'|'B'|'C'|'conv'). A bare word names a sweep instead:
 `:fmnist_3seeds` (the default with seeds 0-2, mean ± std), `:converged` (the default's nets
-and data for 40 passes instead of 12.8, seeds 0-1: about 1.5 hours on 2 CPU cores), `:cifar10` (He et al.'s CIFAR-10
+and data for 40 passes instead of 12.8, seeds 0-1: 1 h 04 min on 2 CPU cores), `:cifar10` (He et al.'s CIFAR-10
 sweep, 20/32/44/56/110, post-activation as in their Fig. 6, for GPUs), `:preact` (post- vs
 pre-activation), `:shortcut` (shortcut kinds A/B/C), `:cifar10_preact`, `:cifar10_shortcut`;
 `python -m resjax.sweep list configs/depth_sweep.py:cifar10` prints its points.
@@ -91,7 +91,7 @@ _CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2015, Fig. 6 and Table 6
 SWEEPS = {
     "fmnist": dict(_DEPTH, recipe="fmnist"),  # the default: 12 min on 2 CPU cores
     "fmnist_3seeds": dict(_DEPTH, seeds=(0, 1, 2), recipe="fmnist"),  # mean ± std; ~35 min
-    "converged": dict(_DEPTH, seeds=(0, 1), recipe="fmnist_long"),  # ~1.5 h on 2 CPU cores
+    "converged": dict(_DEPTH, seeds=(0, 1), recipe="fmnist_long"),  # 1 h 04 min on 2 CPU cores
     "preact": dict(_PREACT, recipe="fmnist"),
     "shortcut": dict(_SHORTCUT, recipe="fmnist"),
     # He et al. 2015's CIFAR-10 runs, post-activation as in their Fig. 6 and Table 6.

@@ -29,10 +29,11 @@ def xla_cache(tmp_path_factory):
         return
     folder = str(tmp_path_factory.mktemp("xla_cache"))
     saved = {k: os.environ.get(k) for k in XLA_CACHE_VARIABLES}
+    min_compile_secs = jax.config.jax_persistent_cache_min_compile_time_secs
     os.environ.update({k: v or folder for k, v in XLA_CACHE_VARIABLES.items()})
     use_xla_cache(folder)
     yield folder
-    use_xla_cache(None)
+    use_xla_cache(None, min_compile_secs)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -40,11 +41,12 @@ def xla_cache(tmp_path_factory):
             os.environ[key] = value
 
 
-def use_xla_cache(folder):
-    """Points this process's JAX at `folder` (None: no cache), caching every compilation."""
+def use_xla_cache(folder, min_compile_secs=0.0):
+    """Points this process's JAX at `folder` (None: no cache), caching every compilation that
+    takes at least `min_compile_secs`."""
     compilation_cache.reset_cache()  # JAX keeps the folder it opened until told to forget it
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0 if folder else 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
 
 
 @pytest.fixture(scope="session")
