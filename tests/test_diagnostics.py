@@ -26,7 +26,8 @@ def _batch(n=8, size=12, seed=0):
 
 
 def _init(model, batch):
-    return model.init(jax.random.key(0), batch["image"], train=False)
+    # Under jit: eagerly, a scanned net's init dispatches op by op for ~10 s.
+    return jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(batch["image"])
 
 
 @pytest.mark.parametrize(
@@ -57,9 +58,9 @@ def test_scanned_diagnostics_equal_the_unrolled_ones():
     unrolled = scanned.clone(scan=False)
     batch = _batch()
     v = _init(scanned, batch)
-    a = diagnostics.make_block_diagnostics(scanned)(v["params"], v["batch_stats"], batch)
+    a = jax.jit(diagnostics.make_block_diagnostics(scanned))(v["params"], v["batch_stats"], batch)
     u = diagnostics.unscan_variables(scanned, v)
-    b = diagnostics.make_block_diagnostics(unrolled)(u["params"], u["batch_stats"], batch)
+    b = jax.jit(diagnostics.make_block_diagnostics(unrolled))(u["params"], u["batch_stats"], batch)
     assert set(a) == set(b)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=2e-4, err_msg=key)
@@ -69,7 +70,7 @@ def test_input_grad_norm_is_the_per_example_gradient_norm():
     model = models.get_model("resnet8", **SMALL)
     batch = _batch(n=4)
     v = _init(model, batch)
-    out = diagnostics.make_block_diagnostics(model)(v["params"], v["batch_stats"], batch)
+    out = jax.jit(diagnostics.make_block_diagnostics(model))(v["params"], v["batch_stats"], batch)
     # The first block's input is the stem's output: differentiate the loss w.r.t. it directly.
     probe = model.clone(perturb_inputs=True)
     pert = probe.init(jax.random.key(0), batch["image"], train=True)["perturbations"]
@@ -83,7 +84,7 @@ def test_input_grad_norm_is_the_per_example_gradient_norm():
         labels = jax.nn.one_hot(batch["label"], 10)
         return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
 
-    g = jax.grad(loss)(jnp.zeros_like(pert["stage1_block1"]["input"]))
+    g = jax.jit(jax.grad(loss))(jnp.zeros_like(pert["stage1_block1"]["input"]))
     expected = np.mean(np.linalg.norm(4 * np.asarray(g).reshape(4, -1), axis=-1))
     np.testing.assert_allclose(out["diag/stage1_block1/input_grad_norm"], expected, rtol=1e-4)
 
