@@ -3,10 +3,9 @@
     python -m resjax.train --config=configs/fashion_mnist_resnet.py --workdir=runs/fmnist_r20
     python -m resjax.evaluate runs/fmnist_r20/weights.msgpack     # after `resjax.export`
 
-Result: not measured yet. The run (17,160 steps of 128, about an hour and a half of the 2-core
-CPU machine by itself) has not had the machine to itself; its record will be
-experiments/<date>_fmnist_reference/ (test error of the final step, learning curves, wall time),
-quoted here and in the README.
+Result (experiments/2026-12-02_fmnist_reference/): test error 5.39% (94.61% accuracy) at the
+final step, 0.39 points short of the 95.0% goal; 67 min of training on the 2-core CPU machine.
+`python -m resjax.evaluate experiments/2026-12-02_fmnist_reference/resnet20.msgpack` checks it.
 
 Recipe, fixed before the run and not tuned on the test set: He et al. 2015's CIFAR ResNet-20
 and optimiser (SGD, momentum 0.9, batch 128, lr 0.1) at 28×28×1, with
