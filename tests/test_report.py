@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from resjax import curves, workdir
 from resjax.sweeps import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ def test_report_without_status_file_and_family_labels(tmp_path):
         report.write_report(tmp_path / "not_a_point")
 
 
-def test_cli_and_import_without_jax(sweep_dir):
+def test_cli_and_import_without_jax(sweep_dir, tmp_path_factory):
     code = (
         "import sys, resjax.report, resjax.sweep, resjax.sweeps.report; "
         "assert 'jax' not in sys.modules, 'jax imported'"
@@ -136,11 +137,43 @@ def test_cli_and_import_without_jax(sweep_dir):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Training error vs depth" in result.stdout and (sweep_dir / "report.md").exists()
+    # One run's directory: its learning curves.
+    run_dir = sweep_dir / "plain_d8_s0"
+    one = subprocess.run(
+        [sys.executable, "-m", "resjax.report", str(run_dir)], capture_output=True, text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    assert "# Learning curves: plain_d8_s0" in one.stdout and "- test error at step" in one.stdout
+    assert (run_dir / curves.PLOT).stat().st_size > 10_000
     empty = subprocess.run(
-        [sys.executable, "-m", "resjax.report", str(sweep_dir / "plain_d8_s0")],
+        [sys.executable, "-m", "resjax.report", str(tmp_path_factory.mktemp("empty"))],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert empty.returncode == 1 and "holds no sweep points" in empty.stderr
+
+
+def test_learning_curves_keep_the_last_row_of_a_step_and_report_the_last_evaluation(tmp_path):
+    rows = [
+        {"step": 10, "train_loss": 2.0, "train_error": 0.8, "epoch": 0.5},
+        {"step": 20, "train_loss": 1.5, "train_error": 0.6, "epoch": 1.0},
+        {"step": 20, "val_error": 0.5, "val_loss": 1.4, "test_error": 0.3, "test_loss": 1.0},
+        {"step": 30, "train_loss": 1.2, "train_error": 0.5, "epoch": 1.5},  # killed here
+        {"step": 30, "train_loss": 1.1, "train_error": 0.4, "epoch": 1.5},  # the resumed run
+        {"step": 40, "val_error": 0.45, "test_error": 0.35, "test_loss": 1.1},
+        {"resumed_at_step": 20},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{trunc")
+    got = curves.curves(workdir.read_rows(tmp_path / "metrics.jsonl"))
+    assert got["error"]["train"] == [(10, 0.8), (20, 0.6), (30, 0.4)]
+    assert got["error"]["test"] == [(20, 0.3), (40, 0.35)]  # the last, not the best
+    assert got["loss"]["val"] == [(20, 1.4)]
+    assert curves.steps_per_epoch(rows) == 20
+    text = curves.summary(tmp_path)
+    assert "- test error at step 40: 35.00%" in text and "Not finished" in text
+    assert curves.plot(tmp_path).stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="holds no metrics.jsonl"):
+        curves.summary(tmp_path / "nothing")
 
 
 def test_report_gains_a_diagnostics_section_from_logged_rows(fashion_mnist_dir, tmp_path):
