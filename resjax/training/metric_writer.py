@@ -64,9 +64,7 @@ class EventFile:
     dies with a traceback and leaves the next write blocked on its full queue."""
 
     def __init__(self, logdir: Path):
-        # Imported here: heavy, and only process 0 writes TensorBoard.
-        from tensorboardX import record_writer, summary
-        from tensorboardX.proto import event_pb2
+        record_writer, summary, event_pb2 = _tensorboardx()
 
         self._crc, self._scalar, self._event = (
             record_writer.masked_crc32c,
@@ -171,3 +169,21 @@ def _duration(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _tensorboardx():
+    """tensorboardX's record writer, summary builder and Event proto, imported on first use
+    (only process 0 writes TensorBoard). tensorboardX's package imports PyTorch, when installed,
+    only to accept torch tensors; resjax passes floats, and that import alone costs 1-2 s at
+    every start. So, unless the program has imported torch already, `import torch` fails while
+    tensorboardX loads (a None entry in sys.modules), and works again after."""
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import record_writer, summary
+        from tensorboardX.proto import event_pb2
+    finally:
+        if block:
+            del sys.modules["torch"]
+    return record_writer, summary, event_pb2
