@@ -12,14 +12,16 @@ benchmarks/README.md):
   16-64 channels are 1.1-2.7x faster here (benchmarks/conv_layers.py), +15-20% on the whole
   step.
 
-Re-measured in December 2026 on jaxlib 0.11.2 (Python 3.12) and 0.12.0.1 (Python 3.13), same
-step, ``python -m resjax.bench --model=resnet20 --batch=128 --devices=1 --windows=5`` with and
-without the flag in alternating pairs: with it the step ran at 0.49-1.08x (median 0.78x, 5 of 6
-pairs slower) of the speed without it, so from jaxlib 0.11 on XLA's own choice (YNNPACK) is
-kept (JAXLIB_NO_GAIN). The machine was loaded by other jobs, so only ratios of adjacent runs
-mean anything, and they scatter: jaxlib 0.10's control pairs in the same session gave 1.03x and
-0.92x where the quiet machine gave 1.15-1.2x. A gain of that size on 0.11/0.12 would have been
-hidden too; a quiet rerun could still add them to JAXLIB_TESTED.
+Re-measured on 3 December 2026 on the quiet machine, same step, in alternating pairs with and
+without the flag (``python benchmarks/xla_flag_pairs.py``, 5 timed windows a run), with/without:
+
+* jaxlib 0.10.2 (Python 3.11): 1.463, 1.487 (503 vs 344, 485 vs 326 img/s);
+* jaxlib 0.11.2 (Python 3.12): 1.181, 1.002, 1.033: a smaller gain, but no pair slower;
+* jaxlib 0.12.0.1 (Python 3.13): 1.011, 0.987, 1.019: no gain beyond the scatter, so XLA's own
+  choice (YNNPACK convolutions) is kept there (JAXLIB_NO_GAIN).
+
+(An earlier measurement on a machine loaded by other jobs had 0.11 and 0.12 at 0.49-1.08x; the
+quiet pairs replace it.)
 
 The flags are XLA:CPU's and do nothing on GPU or TPU. Unknown flags make XLA abort, and
 experimental ones come and go between releases, so they are added only for the jaxlib versions
@@ -34,8 +36,8 @@ import os
 import sys
 
 CPU_DEFAULTS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-JAXLIB_TESTED = ((0, 10),)  # (major, minor) releases the defaults were measured to help on
-JAXLIB_NO_GAIN = ((0, 11), (0, 12))  # measured too: the defaults made the step slower there
+JAXLIB_TESTED = ((0, 10), (0, 11))  # (major, minor) releases the defaults were measured to help on
+JAXLIB_NO_GAIN = ((0, 12),)  # measured too: no gain there
 OPT_OUT = "RESJAX_XLA_DEFAULTS"
 
 _status = "not applied yet"
@@ -67,7 +69,7 @@ def apply_defaults(environ: dict[str, str] | None = None) -> str:
     if env.get(OPT_OUT, "1") == "0":
         _status = f"off ({OPT_OUT}=0)"
     elif _jaxlib_release() in JAXLIB_NO_GAIN:
-        _status = f"off (jaxlib {_jaxlib_release()}: measured, the defaults slow the step there)"
+        _status = f"off (jaxlib {_jaxlib_release()}: measured, the defaults do not help there)"
     elif _jaxlib_release() not in JAXLIB_TESTED:
         _status = f"off (jaxlib {_jaxlib_release()} is not one of {JAXLIB_TESTED})"
     elif environ is None and _backends_started():
