@@ -4,7 +4,12 @@
 The whole session shares one persistent XLA cache, in this process and in every process it
 starts (the environment variables): the tests compile the same few tiny networks' steps again
 and again, and a cached executable is the one XLA would build, so results are bit for bit the
-same. RESJAX_TEST_XLA_CACHE=0 turns it off."""
+same. RESJAX_TEST_XLA_CACHE=0 turns it off.
+
+The README's command runs the tests in two worker processes (pytest-xdist, one module per
+worker at a time, so a module's fixtures are made once). The workers share the XLA cache and the
+prepared Fashion-MNIST: JAX falls back to compiling when it reads an entry another process is
+still writing, and resjax prepares a data dir under a lock that other processes wait for."""
 
 import os
 
@@ -27,7 +32,7 @@ def xla_cache(tmp_path_factory):
     if os.environ.get("RESJAX_TEST_XLA_CACHE", "1") == "0":
         yield None
         return
-    folder = str(tmp_path_factory.mktemp("xla_cache"))
+    folder = str(shared_folder(tmp_path_factory, "xla_cache"))
     saved = {k: os.environ.get(k) for k in XLA_CACHE_VARIABLES}
     min_compile_secs = jax.config.jax_persistent_cache_min_compile_time_secs
     os.environ.update({k: v or folder for k, v in XLA_CACHE_VARIABLES.items()})
@@ -39,6 +44,15 @@ def xla_cache(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def shared_folder(tmp_path_factory, name):
+    """A folder every worker of this session shares (this session's own without workers)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return tmp_path_factory.mktemp(name)
+    folder = tmp_path_factory.getbasetemp().parent / name  # the workers' common base
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def use_xla_cache(folder, min_compile_secs=0.0):
@@ -56,7 +70,7 @@ def fashion_mnist_dir(tmp_path_factory):
     from resjax import data
     from resjax.config import base_config
 
-    data_dir = tmp_path_factory.mktemp("tfds")
+    data_dir = shared_folder(tmp_path_factory, "tfds")
     config = base_config().data
     config.dir = str(data_dir)
     data.load_splits(config)
