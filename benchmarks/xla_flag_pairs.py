@@ -20,12 +20,12 @@ import statistics
 import subprocess
 import sys
 
-FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+from resjax.xla_flags import CPU_DEFAULTS, OPT_OUT
 
 
 def images_per_s(with_flag: bool, windows: int) -> float:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update({"XLA_FLAGS": FLAG} if with_flag else {"RESJAX_XLA_DEFAULTS": "0"})
+    env.update({"XLA_FLAGS": " ".join(CPU_DEFAULTS)} if with_flag else {OPT_OUT: "0"})
     cmd = [sys.executable, "-m", "resjax.bench", "--model=resnet20", "--batch=128"]
     cmd += ["--devices=1", f"--windows={windows}", "--json"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout

@@ -45,11 +45,17 @@ def steps_per_epoch(rows: list[dict[str, Any]]) -> float | None:
     return None
 
 
-def summary(run_dir: Path) -> str:
-    """A few lines: the run, its last evaluation, and how the test error moved at the end."""
+def run_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of the run's metrics.jsonl; FileNotFoundError when it holds none."""
     rows = read_rows(run_dir / METRICS)
     if not rows:
         raise FileNotFoundError(f"{run_dir} holds no {METRICS}")
+    return rows
+
+
+def summary(run_dir: Path) -> str:
+    """A few lines: the run, its last evaluation, and how the test error moved at the end."""
+    rows = run_rows(run_dir)
     errors = curves(rows)["error"]
     results = read_json(run_dir / RESULTS) or {}
     lines = [f"# Learning curves: {run_dir.name}", ""]
@@ -80,9 +86,7 @@ def plot(run_dir: Path, path: Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_rows(run_dir / METRICS)
-    if not rows:
-        raise FileNotFoundError(f"{run_dir} holds no {METRICS}")
+    rows = run_rows(run_dir)
     per_epoch = steps_per_epoch(rows)
     scale = (lambda s: s / per_epoch) if per_epoch else (lambda s: s)
     data = curves(rows)
