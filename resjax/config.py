@@ -3,14 +3,13 @@
 A config file calls `base_config()`, sets what its experiment changes, and returns it locked
 (see `lock`). Fields that default to None are `placeholder`s so that `--config.x=...` can set
 them with type checking. Below it: which keys may change when a run resumes (`SAFE_ON_RESUME`),
-which only say where things are (`WHERE_KEYS`), the `get_model` overrides a config asks for
-(`model_overrides`), and the points of a depth sweep ('depth=56,plain=1', `parse_point`).
-Imports ml_collections only: no JAX.
+which only say where things are (`WHERE_KEYS`) and the `get_model` overrides a config asks for
+(`model_overrides`). What a sweep's point strings mean is the sweep's config file's business
+(configs/depth_sweep.py: 'depth=56,plain=1'). Imports ml_collections only: no JAX.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import ml_collections
@@ -142,77 +141,3 @@ def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict
     overrides.setdefault("num_classes", num_classes)
     overrides["dtype"] = config.dtype
     return overrides
-
-
-# --- depth-sweep points: one string per run (configs/depth_sweep.py) ---
-
-# The keys a point string ('depth=56,plain=1,seed=0') may set, with their defaults; each value
-# is parsed with its default's type. Point strings and names leave out the last three at default.
-POINT_DEFAULTS = {
-    "depth": 20,
-    "plain": 0,
-    "seed": 0,
-    "recipe": "fmnist",
-    "ordering": "post",
-    "shortcut": "A",
-}
-RECIPES = ("fmnist", "fmnist_long", "cifar10")
-
-
-def parse_point(arg: str) -> dict[str, Any]:
-    """`'depth=56,plain=1'` -> {'depth': 56, 'plain': 1, 'seed': 0, ...} (defaults filled in)."""
-    values = dict(POINT_DEFAULTS)
-    for item in arg.split(","):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in POINT_DEFAULTS:
-            raise ValueError(
-                f"depth_sweep point {arg!r}: unknown key {key!r}; allowed keys: "
-                f"{', '.join(POINT_DEFAULTS)} (e.g. 'depth=56,plain=1,seed=0')"
-            )
-        values[key] = type(POINT_DEFAULTS[key])(value.strip())
-    if values["recipe"] not in RECIPES:
-        raise ValueError(f"depth_sweep recipe must be one of {RECIPES}; got {values['recipe']!r}")
-    if values["plain"] not in (0, 1):
-        raise ValueError(f"depth_sweep plain must be 0 or 1; got {values['plain']}")
-    depth = values["depth"]
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"depth_sweep depth must be 6n+2 (8, 20, 32, 44, 56, 110, ...); got {depth}"
-        )
-    return values
-
-
-def _not_default(values: dict[str, Any]) -> list[str]:
-    return [k for k in ("recipe", "ordering", "shortcut") if values[k] != POINT_DEFAULTS[k]]
-
-
-def sweep_points(
-    *,
-    depths: tuple[int, ...],
-    plain: tuple[int, ...],
-    seeds: tuple[int, ...],
-    recipe: str = POINT_DEFAULTS["recipe"],
-    ordering: tuple[str, ...] = (POINT_DEFAULTS["ordering"],),
-    shortcut: tuple[str, ...] = (POINT_DEFAULTS["shortcut"],),
-) -> list[str]:
-    """Every combination as a point string, families outermost and seeds innermost."""
-    points = []
-    for p, o, s, d, seed in itertools.product(plain, ordering, shortcut, depths, seeds):
-        values = dict(depth=d, plain=p, seed=seed, recipe=recipe, ordering=o, shortcut=s)
-        points.append(
-            ",".join(f"{k}={values[k]}" for k in ("depth", "plain", "seed", *_not_default(values)))
-        )
-    return points
-
-
-def point_name_of(values: dict[str, Any]) -> str:
-    """{'depth': 56, 'plain': 1, 'seed': 0, ...} -> 'plain_d56_s0'; 'cifar10_' in front for
-    another recipe, '_pre' or '_B' after the family for another ordering or shortcut."""
-    name = "plain" if values["plain"] else "resnet"
-    if values["recipe"] != POINT_DEFAULTS["recipe"]:
-        name = f"{values['recipe']}_{name}"
-    for key in ("ordering", "shortcut"):
-        if values[key] != POINT_DEFAULTS[key]:
-            name += f"_{values[key]}"
-    return f"{name}_d{values['depth']}_s{values['seed']}"

@@ -104,6 +104,16 @@ def test_the_final_weights_train_error_is_compared_where_every_point_has_it(swee
     assert "**plain**: 22.00" in report.markdown(report.load_points(sweep_dir))  # not all: window
 
 
+def test_the_report_is_titled_by_its_sweep(sweep_dir):
+    assert report.markdown(report.load_points(sweep_dir)).startswith("# Sweep\n")
+    assert report.sweep_title(sweep_dir) == f"Sweep: {sweep_dir.name}"  # no sweep recorded
+    status = json.loads((sweep_dir / "sweep_status.json").read_text())
+    status["sweep"] = "configs/depth_sweep.py:preact"
+    (sweep_dir / "sweep_status.json").write_text(json.dumps(status))
+    first = report.write_report(sweep_dir)["markdown"].read_text().splitlines()[0]
+    assert first == f"# Sweep configs/depth_sweep.py:preact ({sweep_dir.name})"
+
+
 def test_rerun_rows_and_unfinished_points(sweep_dir):
     points = {p.point: p for p in report.load_points(sweep_dir)}
     assert dict(points["plain_d8_s1"].curve)[20] == 0.33  # the rerun's row wins
@@ -120,7 +130,16 @@ def test_report_without_status_file_and_family_labels(tmp_path):
     (tmp_path / "a" / "config.json").write_text(json.dumps(config))
     (tmp_path / "not_a_point").mkdir()
     points = report.load_points(tmp_path)
-    assert [p.point for p in points] == ["a"] and points[0].family == "residual (pre, shortcut B)"
+    assert [p.point for p in points] == ["a"] and points[0].family == "residual"
+    assert "Every network: ordering pre, shortcut B." in report.markdown(points)
+    # A family is labelled by the block fields in which the sweep's points differ.
+    _point(tmp_path, "b", depth=20, plain=0, seed=0, train_error=0.1, test_error=0.1,
+           curve=[(5, 0.3), (10, 0.1)])  # fmt: skip
+    _point(tmp_path, "c", depth=20, plain=1, seed=0, train_error=0.1, test_error=0.1,
+           curve=[(5, 0.3), (10, 0.1)])  # fmt: skip
+    families = {p.point: p.family for p in report.load_points(tmp_path)}
+    assert families == {"a": "residual (pre)", "b": "residual (post)", "c": "plain (post)"}
+    assert "Every network: shortcut B." in report.markdown(report.load_points(tmp_path))
     with pytest.raises(FileNotFoundError, match="holds no sweep points"):
         report.write_report(tmp_path / "not_a_point")
 
@@ -177,13 +196,22 @@ def test_learning_curves_keep_the_last_row_of_a_step_and_report_the_last_evaluat
 
 
 def test_report_gains_a_diagnostics_section_from_logged_rows(fashion_mnist_dir, tmp_path):
-    from test_train import tiny_config
+    from conftest import tiny_run
 
     from resjax.training import train_and_evaluate
 
     for name, residual in (("plain_d8_s0", False), ("resnet_d8_s0", True)):
-        config = tiny_config(fashion_mnist_dir, diagnostics_every_steps=4, eval_every_steps=0)
-        config.model.overrides.residual = residual
+        config = tiny_run(
+            fashion_mnist_dir,
+            diagnostics_every_steps=4,
+            eval_every_steps=0,
+            eval_batch_size=64,
+            **{
+                "model.overrides.widths": (4, 8, 8),
+                "data.test_split": "test[:128]",
+                "model.overrides.residual": residual,
+            },
+        ).config()
         train_and_evaluate(config, tmp_path / name)
     paths = report.write_report(tmp_path)
     text = paths["markdown"].read_text()

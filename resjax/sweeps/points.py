@@ -38,6 +38,7 @@ class Point:
       overrides: the point's own flattened overrides (dict points; {} for string points).
       config: the locked config, point and command-line overrides applied.
       is_dict_point: True when the point was an override dict (then `--point` selects it).
+      sweep: the `FILE[:ARG]` it was enumerated from, as given (what the sweep's report is titled).
     """
 
     name: str
@@ -46,6 +47,7 @@ class Point:
     overrides: dict[str, Any]
     config: ml_collections.ConfigDict
     is_dict_point: bool = False
+    sweep: str | None = None
 
     def flags(self, cli_flags: Sequence[str] = ()) -> list[str]:
         """`python -m resjax.train` flags that run exactly this point (without --workdir)."""
@@ -241,7 +243,7 @@ def enumerate_points(
             )
         seen[name] = i
         points.append(
-            Point(name, config_file, get_arg, dict(point) if is_dict else {}, config, is_dict)
+            Point(name, config_file, get_arg, dict(point) if is_dict else {}, config, is_dict, spec)
         )
     if only is not None:
         points = [p for p in points if p.name == only]

@@ -27,7 +27,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from resjax.config import POINT_DEFAULTS
 from resjax.workdir import (
     CONFIG,
     METRICS,
@@ -54,7 +53,7 @@ class PointResult:
 
     point: str
     status: str  # finished | failed | interrupted | running | pending | incomplete | missing
-    family: str | None = None  # 'plain', 'residual', or e.g. 'residual (pre)'
+    family: str | None = None  # 'plain', 'residual' or, see label_families, 'residual (pre)'
     depth: int | None = None
     seed: int | None = None
     params: int | None = None
@@ -69,6 +68,7 @@ class PointResult:
     window_steps: int | None = None  # training steps the final training error averages over
     batch_size: int | None = None
     augment: str | None = None
+    variant: dict[str, str] = dataclasses.field(default_factory=dict)  # _VARIANT_KEYS it sets
     curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, train err)
     test_curve: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
@@ -83,6 +83,7 @@ Diagnosed = list[tuple[PointResult, dict[str, Any]]]
 
 
 def _family(config: dict | None, residual: bool | None) -> str | None:
+    """'plain' or 'residual', from results.json's flag, else the config's override or name."""
     overrides = ((config or {}).get("model") or {}).get("overrides") or {}
     if residual is None:
         name = ((config or {}).get("model") or {}).get("name", "")
@@ -92,13 +93,41 @@ def _family(config: dict | None, residual: bool | None) -> str | None:
             residual = not name.startswith("plain")
         else:
             return None
-    family = "residual" if residual else "plain"
-    extras = []
-    if overrides.get("ordering") not in (None, POINT_DEFAULTS["ordering"]):
-        extras.append(str(overrides["ordering"]))
-    if residual and overrides.get("shortcut") not in (None, POINT_DEFAULTS["shortcut"]):
-        extras.append(f"shortcut {overrides['shortcut']}")
-    return family + (f" ({', '.join(extras)})" if extras else "")
+    return "residual" if residual else "plain"
+
+
+# Block fields that tell families of one sweep apart, with how a label says them; a plain net
+# has no shortcut to tell.
+_VARIANT_KEYS = {"ordering": "{}", "shortcut": "shortcut {}"}
+
+
+def _variant(config: dict | None, family: str | None) -> dict[str, str]:
+    overrides = ((config or {}).get("model") or {}).get("overrides") or {}
+    return {
+        k: str(overrides[k])
+        for k in _VARIANT_KEYS
+        if overrides.get(k) is not None and not (k == "shortcut" and family == "plain")
+    }
+
+
+def shared_variant(points: list[PointResult]) -> dict[str, str]:
+    """The block fields (ordering, shortcut) that every point setting them sets alike."""
+    values: dict[str, set[str]] = {}
+    for p in points:
+        for k, v in p.variant.items():
+            values.setdefault(k, set()).add(v)
+    return {k: next(iter(v)) for k, v in values.items() if len(v) == 1}
+
+
+def label_families(points: list[PointResult]) -> None:
+    """Adds to each point's family the block fields in which the sweep's points differ, e.g.
+    'residual (pre)' beside 'residual (post)', 'residual (shortcut B)': what a sweep varies is
+    what tells its families apart. Fields every point shares are said once (`shared_variant`)."""
+    shared = shared_variant(points)
+    for p in points:
+        extras = [_VARIANT_KEYS[k].format(v) for k, v in p.variant.items() if k not in shared]
+        if p.family is not None and extras:
+            p.family += f" ({', '.join(extras)})"
 
 
 def _curves(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]], dict]:
@@ -134,6 +163,7 @@ def load_point(point_dir: Path, status: dict | None = None) -> PointResult:
     r = PointResult(point=point_dir.name, status=state, error=status.get("error"))
     r.curve, r.test_curve = curve, test_curve
     r.family = _family(config, results.get("residual") if results else None)
+    r.variant = _variant(config, r.family)
     r.depth = (results or {}).get("depth") or status.get("depth")
     r.seed = (results or {}).get("seed", (config or {}).get("seed"))
     source = results if results is not None else last  # an unfinished point: its last log
@@ -160,7 +190,9 @@ def load_points(workdir: str | Path) -> list[PointResult]:
     for d in sorted(p for p in workdir.iterdir() if p.is_dir()) if workdir.is_dir() else []:
         if d.name not in status and ((d / RESULTS).exists() or (d / CONFIG).exists()):
             names.append(d.name)
-    return [load_point(workdir / name, status.get(name)) for name in names]
+    points = [load_point(workdir / name, status.get(name)) for name in names]
+    label_families(points)
+    return points
 
 
 # --- tables ---
@@ -281,11 +313,14 @@ def training_error_note(points: list[PointResult]) -> str:
     return note + " Val and test errors are of the final weights."
 
 
-def markdown(points: list[PointResult], title: str = "Depth sweep") -> str:
+def markdown(points: list[PointResult], title: str = "Sweep") -> str:
     """The report as Markdown: comparison, per-setting summary, per-point table, plots."""
     summary = summarize(points)
     done = sum(p.status == "finished" for p in points)
     out = [f"# {title}", "", f"{done} of {len(points)} points finished.", ""]
+    shared = shared_variant(points)
+    if shared:
+        out += [f"Every network: {', '.join(f'{k} {v}' for k, v in shared.items())}.", ""]
     comparison = depth_comparison(summary)
     if comparison:
         out += ["## Training error vs depth", "", *comparison, ""]
@@ -448,8 +483,16 @@ def plot_error_vs_depth(summary: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def sweep_title(workdir: Path) -> str:
+    """The report's title: the sweep as sweep_status.json names it (its config file and arg, as
+    given: 'Sweep configs/depth_sweep.py:fmnist_3seeds') and the workdir's name."""
+    sweep = (read_json(workdir / STATUS) or {}).get("sweep")
+    return f"Sweep {sweep} ({workdir.name})" if sweep else f"Sweep: {workdir.name}"
+
+
 def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Path]:
-    """Writes report.md, report.csv, report_summary.csv and the plots into `workdir`.
+    """Writes report.md, report.csv, report_summary.csv and the plots into `workdir`; `title`
+    defaults to `sweep_title`.
 
     Returns their paths ({'markdown', 'csv', 'summary_csv', 'train_error_vs_step',
     'error_vs_depth'}). Raises FileNotFoundError when `workdir` holds no point at all.
@@ -466,7 +509,7 @@ def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Pat
         "train_error_vs_step": workdir / PLOTS[0],
         "error_vs_depth": workdir / PLOTS[1],
     }
-    paths["markdown"].write_text(markdown(points, title or f"Depth sweep: {workdir.name}"))
+    paths["markdown"].write_text(markdown(points, title or sweep_title(workdir)))
     _write_csv(paths["csv"], [dataclasses.asdict(p) for p in points], [*_PER_POINT, "error"])
     _write_csv(
         paths["summary_csv"],

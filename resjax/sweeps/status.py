@@ -1,6 +1,7 @@
 """sweep_status.json: what a sweep knows of each of its points, kept current on disk.
 
-    {"command": ..., "started": ..., "finished": ... (None until the sweep ends whole),
+    {"command": ..., "sweep": "FILE[:ARG]", "started": ...,
+     "finished": ... (None until the sweep ends whole),
      "wall_time_s": ..., "updated": ...,
      "points": {name: {"status": "pending" | "running" | "finished" | "failed" | "interrupted",
                        "flags": ..., "depth": ..., "wall_time_s": ..., "error": ...,
@@ -47,9 +48,11 @@ def new(
     **fields: Any,
 ) -> dict[str, Any]:
     """A status with every point pending, each with the `python -m resjax.train` flags that run
-    it (`cli_flags` appended); `fields` are added at the top level."""
+    it (`cli_flags` appended); the sweep's `FILE[:ARG]` and `fields` are added at the top level."""
+    points = list(points)
     return {
         "command": command,
+        "sweep": points[0].sweep if points else None,
         **fields,
         "points": {
             p.name: {"status": "pending", "flags": shlex.join(p.flags(cli_flags))} for p in points
