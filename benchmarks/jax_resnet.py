@@ -170,8 +170,8 @@ def make_resjax_step(depth: int = 20, batch_size: int = 128):
     """resjax's own train step for `resnet{depth}`, as `python -m resjax.train` runs it.
 
     Same contract as make_train_step. Uses resjax's defaults: its BatchNorm, `cpu_convs` on
-    the CPU, and its XLA flags (effective only if `resjax` was imported before any JAX
-    computation ran). Optimiser: He et al.'s SGD (momentum 0.9, lr 0.1, L2 1e-4).
+    the CPU, and its XLA flags (effective only if `resjax.xla_flags.apply_defaults()` ran before any
+    JAX computation). Optimiser: He et al.'s SGD (momentum 0.9, lr 0.1, L2 1e-4).
     """
     import numpy as np
     from jax.sharding import Mesh
@@ -183,17 +183,17 @@ def make_resjax_step(depth: int = 20, batch_size: int = 128):
     config.model.name = f"resnet{depth}"
     config.batch_size = batch_size
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    parallel, state, batch, _ = bench.prepare(config, mesh, (32, 32, 3), 10)
+    train_step, state, batch, _ = bench.prepare(config, mesh, (32, 32, 3), 10)
     n_params = sum(v.size for v in jax.tree.leaves(state.params))
-    metrics = parallel.empty_metrics()
+    metrics = train_step.empty_metrics()
     t0 = time.perf_counter()
-    parallel.step_fn.lower(state, batch, metrics).compile()
+    train_step.run.lower(state, batch, metrics).compile()
     compile_s = time.perf_counter() - t0
-    box = [parallel.device_state(state), metrics]
+    box = [train_step.step_state(state), metrics]
 
     def run(k: int) -> float:
         for _ in range(k):
-            box[0], box[1] = parallel.step(box[0], batch, box[1])
+            box[0], box[1] = train_step.run(box[0], batch, box[1])
         return float(jax.block_until_ready(box[1]["loss"]))
 
     return run, n_params, compile_s

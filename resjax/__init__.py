@@ -1,7 +1,10 @@
 """resjax: residual networks in JAX/Flax, for studying depth.
 
 `resjax.models` (blocks and networks) imports only jax, flax and numpy, so that another Flax
-project can use a block without pulling in the trainer, TFDS or Orbax.
+project can use a block without pulling in the trainer, TFDS or Orbax. Importing resjax changes
+nothing global (environment, logging, signal handlers): the commands (`python -m resjax.train`,
+...) apply resjax's XLA:CPU defaults; a library user opts in with
+`resjax.xla_flags.apply_defaults()` before JAX starts (resjax/xla_flags.py).
 """
 
 import importlib.metadata
@@ -11,8 +14,3 @@ try:
     __version__ = importlib.metadata.version("resjax")
 except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "unknown"
-
-# Before any backend starts: XLA reads XLA_FLAGS once (resjax/xla_flags.py says which and why).
-from resjax import xla_flags as _xla_flags  # noqa: E402
-
-_xla_flags.apply_defaults()

@@ -98,15 +98,17 @@ def _timed_windows(run_window, windows: int) -> list[float]:
 def prepare(
     config, mesh: Mesh, shape: tuple[int, ...], num_classes: int, splits: data.Splits | None = None
 ):
-    """(parallel, state, batch, init seconds): resjax's train step for `config` on `mesh` (the
+    """(train step, state, batch, init seconds): resjax's train step for `config` on `mesh` (the
     parallelism `config` asks for; with `splits`, also taking their uint8 batches), with a fixed
     synthetic batch of `config.batch_size` float images on the devices."""
-    par = parallel.for_config(config, mesh, splits=splits)
-    model = par.build_model(config, num_classes)
+    step = parallel.compile_train_step(
+        config, mesh, None if splits is None else splits.normalize_images
+    )
+    model = parallel.build_model(config, num_classes)
     tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 10**6, ()))
 
     t0 = time.perf_counter()
-    state = create_train_state(config, model, tx, shape, par.replicated)
+    state = create_train_state(config, model, tx, shape, NamedSharding(mesh, P()))
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
 
@@ -119,7 +121,7 @@ def prepare(
             rng.integers(0, num_classes, size).astype(np.int32), batch_sharding
         ),
     }
-    return par, state, batch, init_s
+    return step, state, batch, init_s
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,11 +137,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         imagenet = args.model in {f"resnet{d}" for d in IMAGENET_STAGES}
         shape = (224, 224, 3) if imagenet else (32, 32, 3)
         num_classes = 1000 if imagenet else 10
-    par, state, batch, init_s = prepare(config, mesh, shape, num_classes, splits)
-    metrics = par.empty_metrics()
+    step, state, batch, init_s = prepare(config, mesh, shape, num_classes, splits)
+    metrics = step.empty_metrics()
     if args.parallelism == "jit":
         t0 = time.perf_counter()
-        compiled = par.step_fn.lower(state, batch, metrics).compile()
+        compiled = step.run.lower(state, batch, metrics).compile()
         compile_s = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
@@ -167,15 +169,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.compile_only:
         return {**result, **_memory()}
-    state = par.device_state(state)
+    state = step.step_state(state)
     for _ in range(args.warmup):
-        state, metrics = par.step(state, batch, metrics)
+        state, metrics = step.run(state, batch, metrics)
     jax.block_until_ready(metrics)
 
     def synthetic_window():
         nonlocal state, metrics
         for _ in range(args.steps):
-            state, metrics = par.step(state, batch, metrics)
+            state, metrics = step.run(state, batch, metrics)
         return metrics
 
     times = _timed_windows(synthetic_window, args.windows)
@@ -194,16 +196,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             global_batch_size=args.batch,
             seed=0,
             data_config=config.data,
-            mesh=par.data_mesh,
+            mesh=step.data_mesh,
             normalize_on_host=False,  # uint8, normalised in the step, as in training
         )
         for _ in range(args.warmup):
-            state, metrics = par.step(state, next(it), metrics)
+            state, metrics = step.run(state, next(it), metrics)
 
         def real_window():
             nonlocal state, metrics
             for _ in range(args.steps):
-                state, metrics = par.step(state, next(it), metrics)
+                state, metrics = step.run(state, next(it), metrics)
             return metrics
 
         real = _timed_windows(real_window, args.windows)

@@ -1,4 +1,4 @@
-"""Checkpoints that never lose a run: Orbax saves, automatic resume, preemption, mismatch checks.
+"""Checkpoints that never lose a run: Orbax saves and restores, with fallback past damaged steps.
 
 Layout of a run's workdir::
 
@@ -11,7 +11,9 @@ Layout of a run's workdir::
 Saves are asynchronous (Orbax writes in the background while training goes on) and atomic
 (Orbax writes into a temporary folder and renames it when complete, so a process killed mid-save
 leaves the previous checkpoint as the latest; the temporary folder is removed on the next start).
-Kept: the latest `keep_checkpoints`, plus the best by validation error.
+Kept: the latest `keep_checkpoints`, plus the best by validation error. Whether a checkpoint
+may be resumed with a given config is resjax.resume's question; reading a run's weights for
+evaluation or export is resjax.weights'; preemption is resjax.training.preemption's.
 
 What goes wrong on real disks: a step that cannot be read back (truncated, bit-flipped or
 missing files, JSON that no longer parses or no longer matches its digest) is skipped for the
@@ -23,6 +25,7 @@ folder removed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,35 +33,26 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
-import threading
-import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from resjax.config import SAFE_ON_RESUME, model_overrides
-from resjax.models.portable import Portable
+from resjax.workdir import CHECKPOINTS, check_writable
 
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
 MOVED_ASIDE = ".unrestorable"  # Orbax lists only all-digit folder names, so it ignores these
 DIGEST = "sha256"  # the meta key holding the digest of the rest of the meta
 
 T = TypeVar("T")
-
-
-class CheckpointMismatchError(ValueError):
-    """The workdir holds a checkpoint of a different model or an incompatible config."""
 
 
 class CheckpointSaveError(OSError):
@@ -71,30 +65,6 @@ class CheckpointUnreadableError(OSError):
 
 class _Unreadable(Exception):
     """One step cannot be read back; the message is the reason, one line."""
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """{key: (old, new)} for every leaf that differs between two config dicts."""
-    a, b = _flatten(old), _flatten(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def shapes_of(tree: Any) -> dict[str, list[int]]:
-    """{path: shape} of every leaf: what must match for a checkpoint to fit a model."""
-    return {
-        jax.tree_util.keystr(path): list(np.shape(leaf))
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
 
 
 def state_arrays(state: Any) -> dict[str, Any]:
@@ -131,10 +101,13 @@ class Restored:
 
 
 class Checkpointer:
-    """Saves and restores one run's TrainState and data position in `workdir/checkpoints`."""
+    """Saves and restores one run's TrainState and data position in `workdir/checkpoints`.
+
+    A context manager: leaving it waits for the pending save (raising if it failed) and
+    releases Orbax's threads (`close`)."""
 
     def __init__(self, workdir: str | Path, *, keep: int = 2, track_best: bool = True):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = Path(workdir).absolute() / CHECKPOINTS
         self.track_best = track_best
         preserve = [policies.LatestN(n=max(1, keep))]
         if track_best:
@@ -156,7 +129,15 @@ class Checkpointer:
         )
         self._manager: ocp.CheckpointManager | None = None
         self._pending: int | None = None  # the step whose asynchronous save may still run
-        _quiet_reported_orbax_errors()
+        # Quieting Orbax's own reports of a failure resjax reports in one line: from the first
+        # save until close(), while its background threads may still fail (_quiet_orbax).
+        self._quiet = contextlib.ExitStack()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -252,7 +233,8 @@ class Checkpointer:
             self._check_metrics(step)
             return self._read_state(step, ocp.args.StandardRestore(target)), meta
 
-        found = self.newest_readable(read, self.steps_on_disk(), verb="restored")
+        with _quiet_orbax():
+            found = self.newest_readable(read, self.steps_on_disk(), verb="restored")
         if found is None:
             return None
         step, (state, meta), skipped = found
@@ -261,10 +243,11 @@ class Checkpointer:
         self.open()  # now that Orbax will list only steps that restore
         return Restored(step=step, state=state, meta=meta, skipped=skipped)
 
-    def read_host(self, which: str = "latest") -> Restored:
-        """The latest (or best) step that reads, as host numpy arrays; nothing is moved or
-        written (a training run may be using the directory). For evaluation, export and
-        diagnostics: no model is needed, and any device count reads it."""
+    def read_host(self, which: str = "latest", steps: list[int] | None = None) -> Restored:
+        """The latest (or best) step that reads, or the first of `steps` that does, as host
+        numpy arrays; nothing is moved or written (a training run may be using the directory).
+        For evaluation, export and diagnostics: no model is needed, and any device count reads
+        it."""
 
         def read(step: int) -> tuple[dict, dict]:
             meta = self._read_meta(step)
@@ -279,7 +262,10 @@ class Checkpointer:
             as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
             return self._read_state(step, ocp.args.PyTreeRestore(restore_args=as_numpy)), meta
 
-        found = self.newest_readable(read, self.steps_by_preference(which), verb="read")
+        with _quiet_orbax():
+            found = self.newest_readable(
+                read, self.steps_by_preference(which) if steps is None else steps, verb="read"
+            )
         if found is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         step, (state, meta), skipped = found
@@ -389,6 +375,8 @@ class Checkpointer:
         when this save or the previous asynchronous one could not be written.
         """
         step = int(jax.device_get(state.step))
+        if not self._quiet._exit_callbacks:  # from the first save until close()
+            self._quiet.enter_context(_quiet_orbax())
         if step not in self.manager.all_steps():
             self.wait()  # a failure of the previous save is reported under its own step
             self._probe(step)
@@ -410,16 +398,11 @@ class Checkpointer:
             self.wait()
 
     def _probe(self, step: int) -> None:
-        """Writes and removes a small file first: when Orbax's own first write fails (a workdir
-        gone read-only, a disk already full), the threads it started for that save wait for
-        signals that never come, and the process hangs for 5 minutes at exit."""
-        probe = self.directory / f".write_probe_{jax.process_index()}"
+        """A small write first: when Orbax's own first write fails (a workdir gone read-only, a
+        disk already full), the threads it started for that save wait for signals that never
+        come, and the process hangs for 5 minutes at exit."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            try:
-                probe.write_bytes(bytes(4096))
-            finally:
-                probe.unlink(missing_ok=True)
+            check_writable(self.directory, str(jax.process_index()))
         except OSError as e:
             self._failed(step, e)
 
@@ -435,16 +418,7 @@ class Checkpointer:
 
     def _failed(self, step: int, error: Exception) -> None:
         """Removes the failed step's temporary folder; raises CheckpointSaveError."""
-        # A save that fails before its writes start (a read-only workdir) leaves coroutines that
-        # Orbax created but never ran, held by its manager until the process exits, where each
-        # would print "coroutine ... was never awaited" (two lines) after the error. The run
-        # stops on this error, so from here on that warning is silenced.
-        warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
-        # The same failure, set on futures of TensorStore's writes that nothing awaited any more,
-        # is logged by asyncio when they are collected (with no Orbax frame to recognise it by).
-        asyncio_logger = logging.getLogger("asyncio")
-        if not any(isinstance(f, _DropUnretrieved) for f in asyncio_logger.filters):
-            asyncio_logger.addFilter(_DropUnretrieved())
+        _quiet_after_failed_save()
         leftover = ""
         if jax.process_index() == 0:
             for path in self.directory.glob(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}*"):
@@ -471,6 +445,7 @@ class Checkpointer:
                     manager.close()
                 except Exception:  # a failed save is reported by wait(), not twice
                     pass
+            self._quiet.close()
 
 
 def _digest(meta: dict[str, Any]) -> str:
@@ -556,170 +531,34 @@ class _IgnoreClosedLoop:
             self.previous(unraisable)
 
 
-def _quiet_reported_orbax_errors() -> None:
-    """Installs _DropReported and _IgnoreClosedLoop (again if a test runner replaced it)."""
-    for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
-        if not any(isinstance(f, _DropReported) for f in logger.filters):
-            logger.addFilter(_DropReported())
-    if not isinstance(sys.unraisablehook, _IgnoreClosedLoop):
-        sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """While Orbax saves or restores: _DropReported on the absl and asyncio loggers and
+    _IgnoreClosedLoop as sys.unraisablehook, each removed again on the way out."""
+    loggers = [logging.getLogger("absl"), logging.getLogger("asyncio")]
+    drop = _DropReported()
+    previous_hook = sys.unraisablehook
+    for logger in loggers:
+        logger.addFilter(drop)
+    sys.unraisablehook = _IgnoreClosedLoop(previous_hook)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+        if isinstance(sys.unraisablehook, _IgnoreClosedLoop):
+            sys.unraisablehook = sys.unraisablehook.previous
 
 
-def check_compatible(
-    meta: dict[str, Any], params_shapes: dict[str, list[int]], config: dict[str, Any], workdir: Path
-) -> dict[str, tuple[Any, Any]]:
-    """Refuses a checkpoint of another model; returns the safe config changes to record."""
-    old_model = meta.get("model_description", "?")
-    new_model = describe_model(config)
-    if meta.get("param_shapes") != params_shapes:
-        raise CheckpointMismatchError(
-            f"{workdir} holds a checkpoint of {old_model}, but the config asks for {new_model}; "
-            "use another --workdir (nothing was overwritten)"
-        )
-    changes = config_changes(meta.get("config", {}), config)
-    unsafe = {k: v for k, v in changes.items() if k not in SAFE_ON_RESUME}
-    if unsafe:
-        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in unsafe.items())
-        raise CheckpointMismatchError(
-            f"{workdir} holds a checkpoint of {old_model} trained with a different config "
-            f"({listed}); only {', '.join(SAFE_ON_RESUME)} may change on resume. Use another "
-            "--workdir (nothing was overwritten)"
-        )
-    return changes
-
-
-def describe_model(config: dict[str, Any]) -> str:
-    """'resnet56 (shortcut=B)' from a config dict: the name and any non-default overrides."""
-    model = config.get("model", {})
-    overrides = {k: v for k, v in model.get("overrides", {}).items() if v is not None}
-    extra = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-    return f"{model.get('name', '?')}" + (f" ({extra})" if extra else "")
-
-
-def record_resume(workdir: Path, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
-    """Appends the resume and the config values it changed to workdir/resume_log.jsonl."""
-    if jax.process_index() != 0:
-        return
-    row = {"time": round(time.time(), 3), "resumed_at_step": step}
-    row["changes"] = {k: {"old": a, "new": b} for k, (a, b) in changes.items()}
-    with (workdir / "resume_log.jsonl").open("a") as f:
-        f.write(json.dumps(row, default=repr) + "\n")
-
-
-class PreemptionWatch:
-    """Turns SIGTERM/SIGINT into a request to checkpoint and stop at the next step.
-
-    Single process: our own signal handlers set a flag. Several processes: JAX's preemption
-    sync point, so that every process stops at the same step (needs jax.distributed, which a
-    multi-process run has initialised). There SIGTERM is left to JAX's preemption service (it
-    tells every process, whichever one got the signal), and SIGINT is passed on to it as SIGTERM;
-    a local flag would stop processes that got the signal at different steps, and the first
-    collective save would then hang.
-    """
-
-    def __init__(self):
-        self._requested = threading.Event()
-        self._signal = None
-        self._previous = {}
-        self.multiprocess = jax.process_count() > 1
-        if threading.current_thread() is threading.main_thread():
-            signals = (signal.SIGINT,) if self.multiprocess else (signal.SIGTERM, signal.SIGINT)
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        del frame
-        if self._requested.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the final save
-        self._signal = signal.Signals(signum).name
-        self._requested.set()
-        if self.multiprocess:
-            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service (its handler)
-
-    def requested(self, step: int) -> bool:
-        """True when the run should checkpoint at `step` and stop (same answer on all processes).
-        Every process must ask at every step, in order."""
-        if self.multiprocess:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self._requested.is_set()
-
-    @property
-    def arrived_here(self) -> bool:
-        """Whether this process got a signal (no collective: for messages, not for stopping)."""
-        return self._requested.is_set()
-
-    @property
-    def signal_name(self) -> str:
-        return self._signal or "preemption notice"
-
-    def close(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class Loaded:
-    """A run's weights as `load_checkpoint` read them.
-
-    Attributes:
-      config: the run's config, as recorded beside the weights.
-      variables: {'params', 'batch_stats'} as host numpy arrays.
-      step: the step they are from.
-      skipped: the steps tried before it that could not be read (left in place).
-    """
-
-    config: ml_collections.ConfigDict
-    variables: dict[str, Any]
-    step: int
-    skipped: list[Skipped]
-
-    def portable(self) -> Portable:
-        """The weights with the model they belong to, as resjax.export writes them."""
-        num_classes = int(np.shape(self.variables["params"]["classifier"]["bias"])[0])
-        return Portable(
-            model_name=self.config.model.name,
-            overrides=model_overrides(self.config, num_classes),
-            config=self.config.to_dict(),
-            variables=self.variables,
-        )
-
-    def warnings(self) -> list[str]:
-        """One line per skipped step: which, why, and that this step is used instead."""
-        return [f"warning: {s.describe(self.step)}" for s in self.skipped]
-
-
-def load_checkpoint(workdir: str | Path, which: str = "latest") -> Loaded:
-    """The weights of a run's latest or best checkpoint that can be read, and which step that is.
-
-    For evaluation, export and diagnostics: no optimizer state, no model needed to restore,
-    nothing in the workdir changed. A step that cannot be read is skipped for the next one
-    (listed in `skipped`); CheckpointUnreadableError when none can be read.
-    """
-    workdir = Path(workdir)
-    if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best'; got {which!r}")
-    if not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"no checkpoints in {workdir} (expected {workdir}/checkpoints)")
-    # Without metrics files (no validation split) "best" falls back to the latest, as in Orbax.
-    ckpt = Checkpointer(workdir, track_best=True)
-    found = ckpt.read_host(which)
-    variables = {"params": found.state["params"], "batch_stats": found.state["batch_stats"]}
-    return Loaded(
-        config=ml_collections.ConfigDict(found.meta["config"]),
-        variables=jax.tree.map(np.asarray, variables),
-        step=found.step,
-        skipped=found.skipped,
-    )
-
-
-def load_variables(
-    workdir: str | Path, which: str = "latest"
-) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """(config, {'params', 'batch_stats'}) of a run's latest or best readable checkpoint, as
-    host arrays; a step skipped because it cannot be read is said on stderr (load_checkpoint)."""
-    loaded = load_checkpoint(workdir, which)
-    if jax.process_index() == 0:
-        for line in loaded.warnings():
-            print(line, file=sys.stderr)
-    return loaded.config, loaded.variables
+def _quiet_after_failed_save() -> None:
+    """After a save failed, for the rest of the process, which is ending with that error: a
+    save that fails before its writes start (a read-only workdir) leaves coroutines that Orbax
+    created but never ran, held by its manager until the process exits, where each would print
+    "coroutine ... was never awaited" (two lines) after resjax's error line; the same failure,
+    set on futures of TensorStore's writes that nothing awaits any more, is logged by asyncio
+    when they are collected at exit, with no Orbax frame to recognise it by. Both only ever
+    follow a failure resjax has already reported, so only then are they silenced."""
+    warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropUnretrieved) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DropUnretrieved())

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from absl import flags, logging
 from ml_collections import config_flags
 
+from resjax import xla_flags
 from resjax.sweeps.points import load_config
 
 TRACEBACK_VARIABLE = "RESJAX_TRACEBACK"  # set to 1: bad input raises, with its traceback
@@ -44,7 +45,9 @@ def run(
     main: Callable[[], int | None], bad_input: tuple[type[BaseException], ...] = BAD_INPUT
 ) -> int:
     """`main()`'s exit status (None: 0); a `bad_input` exception becomes one error line and
-    status 1 (or its traceback, under RESJAX_TRACEBACK=1)."""
+    status 1 (or its traceback, under RESJAX_TRACEBACK=1). resjax's XLA:CPU defaults are
+    applied first: commands set process-wide things, importing resjax does not."""
+    xla_flags.apply_defaults()
     try:
         return main() or 0
     except bad_input as e:

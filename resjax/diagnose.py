@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from resjax import checkpoint, cli, data, diagnostics, models
+from resjax import checkpoint, cli, data, diagnostics, models, weights
 from resjax.config import model_overrides
 from resjax.workdir import BLOCK_METRICS, CONFIG, logged_diagnostics, unflatten_diagnostics
 
@@ -77,9 +77,7 @@ def init_diagnostics(
     Returns {'dataset', 'batch_size', 'runs': [{'label', 'depth', 'residual', 'blocks', and
     the profile's columns as lists}]}.
     """
-    splits = data.load_splits(
-        config.data, train_split=config.data.train_split, test_split=config.data.test_split
-    )
+    splits = data.load_splits(config.data)
     batch = _first_batch(splits, batch_size or config.batch_size)
     base = _base_model(config, splits.num_classes).clone(scan=False, remat=False)
     key = jax.random.PRNGKey(config.seed)
@@ -173,10 +171,8 @@ def plot_init(results: dict[str, Any], path: Path) -> None:
 
 def load_run(workdir: str | Path, which: str = "latest"):
     """(config, splits, model, variables) of a trained run, from its checkpoint."""
-    config, variables = checkpoint.load_variables(workdir, which=which)
-    splits = data.load_splits(
-        config.data, train_split=config.data.train_split, test_split=config.data.test_split
-    )
+    config, variables = weights.load_variables(workdir, which=which)
+    splits = data.load_splits(config.data)
     return config, splits, _base_model(config, splits.num_classes), variables
 
 

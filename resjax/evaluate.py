@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resjax import checkpoint, cli, data
+from resjax import checkpoint, cli, data, weights
 from resjax.config import WHERE_KEYS, base_config
 from resjax.models import load_params
 from resjax.models.portable import Portable
@@ -57,7 +57,7 @@ def load_weights(path: str | Path, which: str = "latest") -> tuple[Portable, dic
     readable checkpoint: {'step', 'skipped': [{'step', 'reason'}]} for a workdir, {} else."""
     if not Path(path).is_dir():
         return load_params(path), {}
-    loaded = checkpoint.load_checkpoint(path, which)
+    loaded = weights.load_checkpoint(path, which)
     skipped = [{"step": s.step, "reason": s.reason} for s in loaded.skipped]
     return loaded.portable(), {"step": loaded.step, "skipped": skipped}
 
@@ -77,7 +77,8 @@ def evaluate(
     weights, source = load_weights(path, which)
     model = weights.model()
     data_config = data_config_of(weights.config, dataset, data_dir)
-    splits = data.load_splits(data_config, train_split=data_config.train_split, test_split=split)
+    data_config.test_split = split  # the split to evaluate is read as the test part
+    splits = data.load_splits(data_config)
     step = jax.jit(lambda variables, batch: eval_sums(model.apply, variables, batch))
     variables = jax.device_put(weights.variables)
     totals = None

@@ -15,21 +15,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from resjax import checkpoint, cli
+from resjax import cli, weights
 from resjax.models import save_params
 
 
 def export(workdir: str | Path, out: str | Path, which: str = "latest", overwrite: bool = False):
     """Writes the latest (or best) readable checkpoint of `workdir` to `out`; returns the path.
     A newer step that cannot be read is skipped, with a warning on stderr."""
-    loaded = checkpoint.load_checkpoint(workdir, which)
+    loaded = weights.load_checkpoint(workdir, which)
     for line in loaded.warnings():
         print(line, file=sys.stderr)
     return write(loaded, out, overwrite)
 
 
-def write(loaded: checkpoint.Loaded, out: str | Path, overwrite: bool = False) -> Path:
-    """Writes weights read by `checkpoint.load_checkpoint` to `out` (msgpack or .npz)."""
+def write(loaded: weights.Loaded, out: str | Path, overwrite: bool = False) -> Path:
+    """Writes weights read by `weights.load_checkpoint` to `out` (msgpack or .npz)."""
     portable = loaded.portable()
     return save_params(
         out,
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        loaded = checkpoint.load_checkpoint(args.workdir, args.which)
+        loaded = weights.load_checkpoint(args.workdir, args.which)
         for line in loaded.warnings():
             print(line, file=sys.stderr)
         path = write(loaded, args.out, args.overwrite)

@@ -26,6 +26,10 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 STATUS = "sweep_status.json"
 LOG = "log.txt"  # a point's console output when launch.sh runs it
+ENVIRONMENT = "environment.jsonl"
+RESUME_LOG = "resume_log.jsonl"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tb"
 
 DIAG_PREFIX = "diag"
 BLOCK_METRICS = ("grad_norm", "input_grad_norm", "branch_ratio", "branch_std", "last_bn_gamma")
@@ -36,6 +40,19 @@ def write_json(path: Path, value: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2) + "\n")
     tmp.replace(path)
+
+
+def check_writable(folder: Path, writer: str = "0") -> None:
+    """Creates `folder` and writes and removes a 4 KB probe file in it (named for `writer`, so
+    that processes sharing the folder do not collide); raises OSError when that fails. Cheaper
+    than finding out from a background save: when Orbax's first write fails, the threads it
+    started wait for signals that never come, and the process hangs at exit."""
+    probe = folder / f".write_probe_{writer}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        probe.write_bytes(bytes(4096))
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> Any:

@@ -1,8 +1,13 @@
-"""XLA flags resjax sets by default, before JAX initialises its backends.
+"""XLA flags resjax's commands set by default, before JAX initialises its backends.
 
-XLA reads `XLA_FLAGS` once, when the first backend starts, so these are added to the
-environment when `resjax` is imported; importing resjax after a JAX computation has already run
-leaves them out (and says so in `status()`).
+XLA reads `XLA_FLAGS` once, when the first backend starts. Every `python -m resjax.<command>`
+calls `apply_defaults()` first thing (resjax.cli.run); importing resjax sets nothing, so a
+library user who wants the same speed calls it once, before the first JAX computation:
+
+    import resjax.xla_flags
+    resjax.xla_flags.apply_defaults()   # returns what it did, in words; also status()
+
+Called after a JAX computation has already run, it leaves them out and says so.
 
 CPU_DEFAULTS, measured on the 2-core CPU machine (ResNet-20 train step, batch 128, fp32;
 benchmarks/README.md):
@@ -40,7 +45,7 @@ JAXLIB_TESTED = ((0, 10), (0, 11))  # (major, minor) releases the defaults were 
 JAXLIB_NO_GAIN = ((0, 12),)  # measured too: no gain there
 OPT_OUT = "RESJAX_XLA_DEFAULTS"
 
-_status = "not applied yet"
+_status = "not applied (resjax.xla_flags.apply_defaults() not called)"
 
 
 def _jaxlib_release() -> tuple[int, int] | None:
@@ -73,7 +78,7 @@ def apply_defaults(environ: dict[str, str] | None = None) -> str:
     elif _jaxlib_release() not in JAXLIB_TESTED:
         _status = f"off (jaxlib {_jaxlib_release()} is not one of {JAXLIB_TESTED})"
     elif environ is None and _backends_started():
-        _status = "off (JAX backends had started before resjax was imported)"
+        _status = "off (JAX backends had started before apply_defaults() was called)"
     else:
         current = env.get("XLA_FLAGS", "")
         names = {f.split("=", 1)[0] for f in current.split()}
@@ -85,5 +90,5 @@ def apply_defaults(environ: dict[str, str] | None = None) -> str:
 
 
 def status() -> str:
-    """What `apply_defaults` did when resjax was imported."""
+    """What the last `apply_defaults` call did (or that it was not called)."""
     return _status

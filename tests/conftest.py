@@ -24,6 +24,12 @@ from typing import Any
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["JAX_NUM_CPU_DEVICES"] = "4"
 
+# As the commands do (importing resjax sets nothing): the tests' own JAX and the processes they
+# start compute with resjax's XLA:CPU defaults, so in-process and command runs agree bitwise.
+from resjax import xla_flags  # noqa: E402
+
+xla_flags.apply_defaults()
+
 import jax  # noqa: E402  (after the environment is set)
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402

@@ -379,11 +379,15 @@ def test_bad_split_and_val_examples_are_clear_errors(offline, monkeypatch):
     fake = make_idx_dataset(offline / "manual")
     register_fake(monkeypatch, "mnist", fake.folder)
     config = data_config(offline, "mnist", manual_dir=str(fake.folder), val_examples=10)
+    config.train_split = "trian"
     with pytest.raises(data.SplitError, match=r"bad split 'trian'.*available: train, test"):
-        data.load_splits(config, train_split="trian")
+        data.load_splits(config)
+    config.train_split = "train[abc]"
     with pytest.raises(data.SplitError, match=r"train\[:90%\]"):
-        data.load_splits(config, train_split="train[abc]")
-    assert len(data.load_splits(config, train_split="train[:50%]").train) == 50
+        data.load_splits(config)
+    config.train_split = "train[:50%]"
+    assert len(data.load_splits(config).train) == 50
+    config.train_split = "train"
     config.val_examples = 120
     with pytest.raises(data.DataError, match=r"val_examples must be in \[0, 120\).*got 120"):
         data.load_splits(config)

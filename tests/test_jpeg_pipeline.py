@@ -93,7 +93,8 @@ def config_for(data_dir, **overrides):
 
 
 def load(config):
-    return data.load_splits(config, train_split=config.train_split, test_split="validation")
+    config.test_split = "validation"
+    return data.load_splits(config)
 
 
 def raw_train(splits, i):

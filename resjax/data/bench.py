@@ -36,6 +36,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from resjax import xla_flags
 from resjax.config import base_config
 from resjax.data import augment, disk, pipeline, resize, sources
 from resjax.data.errors import DataError
@@ -210,6 +211,7 @@ def bench_memory(splits: sources.Splits, config, args, mesh: Mesh | None) -> Non
 
 def main(argv: list[str] | None = None) -> None:
     """Prints the pipeline's images/s for one dataset."""
+    xla_flags.apply_defaults()  # a command: resjax's XLA:CPU defaults, as every command
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="cifar10", help=f"a TFDS name, or {GENERATED!r}")
     parser.add_argument("--batch", type=int, default=128)

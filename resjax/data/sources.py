@@ -278,22 +278,19 @@ def _val_count(data_config: ml_collections.ConfigDict, n_train: int) -> int:
     return val
 
 
-def load_splits(
-    data_config: ml_collections.ConfigDict,
-    *,
-    train_split: str = "train",
-    test_split: str | None = None,
-) -> Splits:
+def load_splits(data_config: ml_collections.ConfigDict) -> Splits:
     """Loads (preparing on first use) the dataset `data_config.name`.
 
     Args:
-      data_config: `config.data` (name, dir, manual_dir, val_examples, normalize).
-      train_split: TFDS split string the train and validation parts come from.
-      test_split: TFDS split string of the test part; None: 'test', else 'validation'.
+      data_config: `config.data`: name, dir, manual_dir, val_examples, normalize, and the
+        TFDS split strings `train_split` (train and validation are carved from it; default
+        'train') and `test_split` (None: 'test', else 'validation').
 
     Returns:
       Splits whose train/val/test are in RAM for small datasets, on disk for large ones.
     """
+    train_split = data_config.get("train_split") or "train"
+    test_split = data_config.get("test_split")
     name = data_config.name
     data_dir = data_dir_of(data_config)
     if name in builders.BUILDERS:

@@ -4,7 +4,7 @@
 
 `run_sweep` skips finished points (their results.json, of the same config), reruns interrupted
 ones into the same directory (training resumes from its checkpoint), records failures in
-WORKDIR/sweep_status.json and goes on, stops at KeyboardInterrupt/SystemExit (a SIGTERM/SIGINT
+WORKDIR/sweep_status.json and goes on, stops at Preempted or KeyboardInterrupt (a SIGTERM/SIGINT
 during a point), and always writes the report (resjax.sweeps.report) at the end.
 """
 
@@ -27,7 +27,7 @@ from resjax.config import model_overrides
 from resjax.sweeps import report as sweep_report
 from resjax.sweeps import status as sweep_status
 from resjax.sweeps.points import Point, enumerate_points
-from resjax.training import train_and_evaluate
+from resjax.training import Preempted, train_and_evaluate
 from resjax.workdir import CONFIG, STATUS
 
 TrainFn = Callable[[ml_collections.ConfigDict, Path], dict]
@@ -48,7 +48,7 @@ def run_sweep(
 
     A point finished with its config is skipped; any other is (re)run into its directory
     (`train_fn` resumes from a checkpoint there). An exception fails that point and the sweep
-    goes on; KeyboardInterrupt/SystemExit stops it (status 'interrupted') and is re-raised after
+    goes on; Preempted or KeyboardInterrupt stops it (status 'interrupted') and is re-raised after
     the status and report are written. `train_fn` defaults to `train_and_evaluate`; `lead`
     (default: process 0) writes the status file and report.
     """
@@ -179,7 +179,7 @@ class _Sweep:
         t0 = time.perf_counter()
         try:
             results = train_fn(point.config, point_dir)
-        except (KeyboardInterrupt, SystemExit) as e:
+        except (KeyboardInterrupt, SystemExit, Preempted) as e:
             entry.update(status="interrupted", wall_time_s=time.perf_counter() - t0)
             self.interrupted = e
             self.log(f"{tag}: interrupted ({type(e).__name__}); rerun the same command to resume")

@@ -2,22 +2,26 @@
 above it, models, data, checkpoints and the optimiser below it.
 
     step.py          TrainState, train_step, eval_step, create_train_state: pure functions
-    parallel.py      where the steps run (jit on a Mesh, or pmap), chosen once per config
-    loop.py          train_and_evaluate(config, workdir): resume, train, evaluate, checkpoint
+    parallel.py      how the steps are compiled and the state laid out (jit on a Mesh,
+                     shard_map for per-device BatchNorm, or pmap), chosen by the config
+    preemption.py    SIGTERM/SIGINT -> checkpoint and stop (Preempted)
+    loop.py          train_and_evaluate(config, workdir): one function, top to bottom
     metric_writer.py metrics.jsonl, TensorBoard and the console
 """
 
-from resjax.training.loop import NonFiniteLossError, Preempted, train_and_evaluate
-from resjax.training.parallel import for_config, make_mesh
+from resjax.training.loop import NonFiniteLossError, train_and_evaluate
+from resjax.training.parallel import build_model, compile_train_step, make_mesh
+from resjax.training.preemption import Preempted
 from resjax.training.step import TrainState, create_train_state, eval_step, train_step
 
 __all__ = [
     "NonFiniteLossError",
     "Preempted",
     "TrainState",
+    "build_model",
+    "compile_train_step",
     "create_train_state",
     "eval_step",
-    "for_config",
     "make_mesh",
     "train_and_evaluate",
     "train_step",

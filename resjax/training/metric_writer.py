@@ -20,6 +20,8 @@ from typing import Any
 
 import jax
 
+from resjax.workdir import METRICS, TENSORBOARD
+
 
 class MetricWriteError(OSError):
     """metrics.jsonl or the TensorBoard event file could not be written (disk full, read-only)."""
@@ -34,10 +36,10 @@ class MetricWriter:
 
     def __init__(self, workdir: str | Path, *, tensorboard: bool = True):
         self.active = jax.process_index() == 0
-        self._path = Path(workdir) / "metrics.jsonl"
+        self._path = Path(workdir) / METRICS
         self._tb = None
         if self.active and tensorboard:
-            self._tb = EventFile(Path(workdir) / "tb")
+            self._tb = EventFile(Path(workdir) / TENSORBOARD)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """Records `metrics` (scalars; non-finite values are written as null) at `step`."""
@@ -53,9 +55,6 @@ class MetricWriter:
         _append(self._path, (json.dumps(row) + "\n").encode())
         if self._tb is not None:
             self._tb.add_scalars(int(step), scalars)
-
-    def close(self) -> None:
-        """Nothing is held open between writes; kept for callers that close writers."""
 
 
 class EventFile:

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Sharding
@@ -54,9 +55,9 @@ def network_input(images: jax.Array, normalize_images: Normalize | None) -> jax.
         return images
     if normalize_images is None:
         raise ValueError(
-            "uint8 images reached the step without the dataset's normalisation: build the "
-            "parallelism with for_config(config, mesh, splits=splits), or pass "
-            "normalize_images=splits.normalize_images"
+            "uint8 images reached the step without the dataset's normalisation: pass "
+            "normalize_images=splits.normalize_images (e.g. to "
+            "parallel.compile_train_step(config, mesh, splits.normalize_images))"
         )
     return normalize_images(images)
 
@@ -121,6 +122,22 @@ def eval_step(
     images normalised first, as in `train_step`)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return eval_sums(state.apply_fn, variables, batch, normalize_images)
+
+
+def sum_over_batches(
+    eval_fn: Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]],
+    state: Any,
+    batches: Any,
+) -> dict[str, np.ndarray]:
+    """`eval_fn(state, batch)`'s sums (e.g. a compiled `eval_step`) added over `batches`,
+    fetched to the host once at the end: {'loss', 'correct', 'correct5', 'count'}."""
+    totals = None
+    for batch in batches:
+        sums = eval_fn(state, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        raise ValueError("no evaluation batches: the split has no examples")
+    return jax.device_get(totals)
 
 
 def eval_sums(
