@@ -71,7 +71,7 @@ sweep() {  # sweep SUBCOMMAND ARGS...: python -m resjax.sweep (its errors are on
 
 say() { echo "[launch $(date +%H:%M:%S)] $*"; }
 
-duration() {  # seconds -> H:MM:SS
+duration() {  # whole seconds -> H:MM:SS: resjax.duration.hms in shell (tests/test_duration.py)
   local s=$1
   printf '%d:%02d:%02d' $((s / 3600)) $((s / 60 % 60)) $((s % 60))
 }

@@ -27,6 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from resjax.duration import hms
 from resjax.workdir import (
     CONFIG,
     METRICS,
@@ -235,10 +236,7 @@ def _pct(value: float | None, std: float | None = None) -> str:
 
 
 def _dur(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return "–" if seconds is None else hms(seconds)
 
 
 def _num(value: Any, fmt: str = "{:,}") -> str:

@@ -14,13 +14,13 @@ Written by the sequential runner (resjax.sweeps.runner) after every change and b
 from __future__ import annotations
 
 import datetime
-import math
 import re
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from resjax.duration import hms
 from resjax.sweeps.points import Point
 from resjax.workdir import STATUS, read_json, write_json
 
@@ -33,12 +33,7 @@ def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def duration(seconds: float) -> str:
-    """H:MM:SS, or '?' for an unknown (NaN) duration."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+duration = hms  # the sweep's log lines (runner, `python -m resjax.sweep record`)
 
 
 def new(

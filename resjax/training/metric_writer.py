@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 
+from resjax.duration import hms
 from resjax.workdir import METRICS, TENSORBOARD
 
 
@@ -147,7 +148,7 @@ class Progress:
         elapsed = time.perf_counter() - self._start_time
         done = step - self._start_step
         eta = elapsed / done * (self._total - step) if done > 0 else float("nan")
-        print(f"step {step}/{self._total}  {text}  eta {_duration(eta)}", flush=True)
+        print(f"step {step}/{self._total}  {text}  eta {hms(eta)}", flush=True)
 
     def message(self, text: str) -> None:
         """A line that does not break the bar."""
@@ -161,13 +162,6 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _tensorboardx():
