@@ -9,28 +9,14 @@ CIFAR-10 must be on disk: resjax prepares it from cifar-10-python.tar.gz (downlo
 found in --config.data.manual_dir / $RESJAX_MANUAL_DIR offline).
 """
 
-from resjax.config import base_config, lock
+import re
+
+from resjax.config import base_config, he2015_cifar10, lock
 
 
 def get_config(arg: str | None = None):
     c = base_config()
     c.model.name = arg or "resnet20"  # option A (identity) shortcuts, as the paper's CIFAR nets
-    c.data.name = "cifar10"
-    c.data.val_examples = 5000  # 45k/5k train/val split
-    c.data.augment = "pad_crop_flip"  # 4-px pad, random 32×32 crop, horizontal flip
-    c.batch_size = 128
-    c.total_steps = 64_000  # "terminate training at 64k iterations"
-    c.optim.lr = 0.1
-    c.optim.momentum = 0.9
-    c.optim.weight_decay = 1e-4
-    c.optim.schedule = "step"
-    c.optim.decay_steps = (32_000, 48_000)  # ÷10 at 32k and 48k iterations
-    if c.model.name in ("resnet110", "resnet1202", "plain110"):
-        # "we use 0.01 to warm up the training until the training error is below 80% (about
-        # 400 iterations), and then go back to 0.1"
-        c.optim.warmup_steps = 400
-        c.optim.warmup_lr = 0.01
-    c.log_every_steps = 100
-    c.eval_every_steps = 2000
-    c.checkpoint_every_steps = 2000
+    depth = re.fullmatch(r"(?:resnet|plain)(\d+)", c.model.name)  # He et al. 2015's nets
+    he2015_cifar10(c, int(depth.group(1)) if depth else None)  # from 110 on: warm-up at 0.01
     return lock(c)

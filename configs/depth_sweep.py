@@ -57,7 +57,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from resjax.config import base_config, lock
+from resjax.config import base_config, he2015_cifar10, lock
 
 # --- A point: one string per run, its grammar and its name ---
 
@@ -188,7 +188,7 @@ def get_config(arg: str | None = None):
     c.model.overrides.ordering = p["ordering"]
     c.model.overrides.shortcut = p["shortcut"]
     if p["recipe"] == "cifar10":
-        _he_cifar10(c, p["depth"])
+        he2015_cifar10(c, p["depth"])
     elif p["recipe"] == "fmnist_long":
         _converged_fmnist(c)
     else:
@@ -206,25 +206,6 @@ def _converged_fmnist(c) -> None:
     c.diagnostics_every_steps = 3120
     c.eval_every_steps = 390  # val and test every 5 epochs, for the curves
     c.checkpoint_every_steps = 390
-
-
-def _he_cifar10(c, depth: int) -> None:
-    """He et al. 2015, sec. 4.2: 64k steps of batch 128 on 45k/5k CIFAR-10 (a GPU job)."""
-    c.data.name = "cifar10"
-    c.data.val_examples = 5000  # 45k/5k train/val split
-    c.data.augment = "pad_crop_flip"  # 4-px pad, 32x32 crop, horizontal flip
-    c.batch_size = 128
-    c.total_steps = 64_000
-    c.optim.lr = 0.1
-    c.optim.decay_steps = (32_000, 48_000)  # ÷10 at 32k and 48k
-    if depth >= 110:
-        # "0.1 is slightly too large to start converging": 0.01 until training error < 80%,
-        # about 400 iterations, then 0.1 (He et al. 2015, sec. 4.2).
-        c.optim.warmup_steps = 400
-        c.optim.warmup_lr = 0.01
-    c.log_every_steps = 200
-    c.eval_every_steps = 2000
-    c.checkpoint_every_steps = 2000
 
 
 def _points(name: str) -> list[str]:
