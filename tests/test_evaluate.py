@@ -5,20 +5,23 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_run
 
 from resjax import data, evaluate
 from resjax.config import base_config
 from resjax.models import get_model, save_params
 
 
-def weights_file(path, data_dir, record_config=True):
-    """A ResNet-8 of width 4 with random weights and BN statistics, as `resjax.export` writes."""
+def weights_file(path, record_config=True):
+    """The tiny run's network (a ResNet-8 of width 4) with random weights and BN statistics,
+    as `resjax.export` writes it."""
+    tiny = tiny_run().config().model
     config = base_config()
-    config.model.name = "resnet8"
+    config.model.name = tiny.name
     config.data.dir = "/a/machine/elsewhere"  # where the data lay is not what was trained on
     config.data.val_examples = 1000
-    overrides = {"widths": (4, 4, 8), "stem_width": 4}
-    model = get_model("resnet8", **overrides)
+    overrides = {k: v for k, v in tiny.overrides.items() if v is not None}
+    model = get_model(tiny.name, **overrides)
     variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1)), train=False)
     rng = np.random.default_rng(0)
     variables = jax.tree.map(lambda v: v + 0.1 * rng.standard_normal(v.shape), variables)
@@ -34,14 +37,15 @@ def weights_file(path, data_dir, record_config=True):
 
 
 def test_evaluate_matches_the_model_applied_to_the_normalised_split(fashion_mnist_dir, tmp_path):
-    model, variables = weights_file(tmp_path / "w.msgpack", fashion_mnist_dir)
+    model, variables = weights_file(tmp_path / "w.msgpack")
     result = evaluate.evaluate(
         tmp_path / "w.msgpack", split="test[:300]", data_dir=str(fashion_mnist_dir), batch_size=128
     )
 
     config = base_config().data
     config.dir, config.val_examples = str(fashion_mnist_dir), 1000
-    splits = data.load_splits(config, test_split="test[:300]")
+    config.test_split = "test[:300]"
+    splits = data.load_splits(config)
     images = data.augment.normalize(splits.test.images, splits.mean, splits.std)
     logits = np.asarray(model.apply(variables, images, train=False))
     labels = splits.test.labels
@@ -56,8 +60,8 @@ def test_evaluate_matches_the_model_applied_to_the_normalised_split(fashion_mnis
 
 
 def test_the_command_prints_the_errors_or_one_error_line(fashion_mnist_dir, tmp_path, capsys):
-    weights_file(tmp_path / "w.npz", fashion_mnist_dir)
-    weights_file(tmp_path / "bare.npz", fashion_mnist_dir, record_config=False)
+    weights_file(tmp_path / "w.npz")
+    weights_file(tmp_path / "bare.npz", record_config=False)
 
     def cli(*args):
         status = evaluate.main([*args, f"--data-dir={fashion_mnist_dir}"])
