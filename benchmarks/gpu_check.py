@@ -55,7 +55,7 @@ GOAL_OF_MLPERF = 0.9
 
 PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {
-        "deadline_s": 450,
+        "deadline_s": 420,
         "resnet50": dict(
             model="resnet50",
             batches="256,512",
@@ -531,7 +531,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deadline_s",
         type=float,
         default=0,
-        help="stop starting stages after this (default: gpu 450, tiny 900)",
+        help="stop starting stages after this (default: gpu 420, tiny 900)",
     )
     args = p.parse_args(argv)
     args.tiny = args.tiny or os.environ.get("GPU_CHECK_TINY") == "1"
