@@ -2,11 +2,10 @@
 resume, failure), the subcommands launch.sh uses."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import tiny_run
+from processes import ROOT, command, run
 
 from resjax.sweeps import points as sweep_points
 from resjax.sweeps import runner
@@ -14,41 +13,24 @@ from resjax.training import train_and_evaluate
 from resjax.training.metric_writer import MetricWriter
 from resjax.workdir import STATUS
 
-ROOT = Path(__file__).resolve().parents[1]
 DEPTH_SWEEP = str(ROOT / "configs" / "depth_sweep.py")
-
-# A 2-point sweep of tiny nets (tests/test_train.py's tiny_config, as a config file).
-TINY_SWEEP = '''
-"""Tiny sweep for tests: python -m resjax.train --config=THIS --workdir=DIR"""
-from resjax.config import base_config, lock
-
-
-def get_config(arg=None):
-    c = base_config()
-    c.model.name = arg or "resnet8"
-    c.model.overrides.widths = (4, 8, 8)
-    c.model.overrides.stem_width = 4
-    c.batch_size = 32
-    c.eval_batch_size = 64
-    c.total_steps = 6
-    c.log_every_steps = 2
-    c.eval_every_steps = 0
-    c.checkpoint_every_steps = 4
-    c.data.train_split = "train[:512]"
-    c.data.test_split = "test[:128]"
-    c.data.val_examples = 64
-    return lock(c)
-
-
-def sweep(arg=None):
-    return None if arg else ["resnet8", "plain8"]
-'''
 
 
 @pytest.fixture
 def tiny_sweep(tmp_path):
-    path = tmp_path / "tiny_sweep.py"
-    path.write_text(TINY_SWEEP)
+    """A config file: the tiny run of 6 steps as a 2-point sweep, resnet8 and plain8."""
+    tiny = tiny_run(
+        total_steps=6,
+        eval_every_steps=0,
+        checkpoint_every_steps=4,
+        eval_batch_size=64,
+        **{"model.overrides.widths": (4, 8, 8), "data.test_split": "test[:128]"},
+    )
+    path = tiny.write_config_file(
+        tmp_path / "tiny_sweep.py",
+        points={"plain8": {"model.name": "plain8"}},
+        sweeps={None: ["resnet8", "plain8"]},
+    )
     return str(path)
 
 
@@ -215,13 +197,7 @@ def test_skip_finished_and_resume_interrupted(tiny_sweep, fashion_mnist_dir, tmp
 
 
 def test_list_cli_reproduces_points():
-    def run(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "resjax.sweep", "list", *args],
-            capture_output=True, text=True, cwd=ROOT,
-        )  # fmt: skip
-
-    result = run("configs/depth_sweep.py", "--config.total_steps=3")
+    result = _sweep_cli("list", "configs/depth_sweep.py", "--config.total_steps=3")
     assert result.returncode == 0, result.stderr
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     points = sweep_points.enumerate_points(DEPTH_SWEEP)
@@ -229,7 +205,7 @@ def test_list_cli_reproduces_points():
     assert lines[0] == [
         points[0].name, f"--config=configs/depth_sweep.py:{points[0].arg} --config.total_steps=3"
     ]  # fmt: skip
-    bad = run("configs/depth_sweep.py", "--config.optim.lrr=1")
+    bad = _sweep_cli("list", "configs/depth_sweep.py", "--config.optim.lrr=1")
     assert bad.returncode == 1 and 'Did you mean "lr"' in bad.stderr
 
 
@@ -240,10 +216,7 @@ def test_train_cli_skips_a_finished_sweep_and_writes_the_report(tiny_sweep, tmp_
         sweep_points.enumerate_points(tiny_sweep), tmp_path, train_fn, lead=True, log=print
     )
     (tmp_path / "report.md").unlink()
-    result = subprocess.run(
-        [sys.executable, "-m", "resjax.train", f"--config={tiny_sweep}", f"--workdir={tmp_path}"],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+    result = run(command("train", f"--config={tiny_sweep}", f"--workdir={tmp_path}"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "point 2/2 plain8: already finished, skipped" in result.stdout
     assert (tmp_path / "report.md").exists()
@@ -271,10 +244,7 @@ def test_depth_is_the_models_not_a_number_in_its_name(tmp_path):
 
 
 def _sweep_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "resjax.sweep", *map(str, args)],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+    return run(command("sweep", *args))
 
 
 def test_workdir_state_and_record_subcommands(tiny_sweep, tmp_path):
