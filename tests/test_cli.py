@@ -6,18 +6,15 @@ answers are in test_launch.py, a missing workdir's (export, train) in test_check
 unknown model's (bench) in test_bench.py.
 """
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from absl import flags
 from ml_collections import config_flags
+from processes import environ, start
 
 from resjax import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 FMNIST = "configs/fashion_mnist_resnet.py"
 
 
@@ -60,15 +57,9 @@ def test_parse_flags_says_what_is_wrong_in_one_line():
         assert cli.one_line(e.value).startswith(message), (args, str(e.value))
 
 
-def _start(command, *args, env=None):
-    return subprocess.Popen(
-        command if isinstance(command, list) else [sys.executable, "-m", command, *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+def _start(*module_and_args, env=None):
+    """`python -m MODULE ARGS`, with `env`'s variables added to this process's."""
+    return start([sys.executable, "-m", *module_and_args], environ(**(env or {})))
 
 
 def test_every_command_answers_bad_input_in_one_line(tmp_path):
