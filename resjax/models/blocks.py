@@ -42,6 +42,20 @@ def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(map(repr, allowed))}")
 
 
+def check_block_fields(block: str, ordering: str, shortcut: str) -> None:
+    """Raises ValueError, saying what is allowed, for a block kind ('basic', 'bottleneck'),
+    ordering or shortcut that does not exist, or a shortcut the block kind cannot have. Every
+    block checks its own, and `ResNet` its blocks' before it builds any."""
+    check_choice("block kind", block, tuple(BLOCKS))
+    check_choice("ordering", ordering, ORDERINGS)
+    check_choice("shortcut kind", shortcut, SHORTCUTS)
+    if block == "bottleneck" and shortcut == "A":
+        raise ValueError(
+            "shortcut 'A' (zero-padding) is defined for basic blocks only; a bottleneck "
+            "block needs a projection: use 'B', 'C' or 'conv'"
+        )
+
+
 def _norm(x: jax.Array) -> jax.Array:
     """Per-example L2 norm, averaged over the batch, in float32."""
     x = x.astype(jnp.float32).reshape(x.shape[0], -1)
@@ -66,6 +80,18 @@ class BlockOptions(nn.Module, kw_only=True):
         """{field: value} of these fields: what a block built with the same options is given."""
         return {name: getattr(self, name) for name in BLOCK_OPTIONS}
 
+    def _bn(self, train: bool, name: str, zero_scale: bool = False) -> BatchNorm:
+        """The BatchNorm of a block or of the network's stem and head, from these options."""
+        return BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=jnp.dtype(self.dtype),
+            axis_name=self.axis_name,
+            scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+            name=name,
+        )
+
 
 BLOCK_OPTIONS = tuple(
     f.name for f in dataclasses.fields(BlockOptions) if f.name not in ("parent", "name")
@@ -83,11 +109,11 @@ class _Block(BlockOptions):
     lesioned: bool = False  # test-time removal of the branch (Veit et al. 2016): out = shortcut
     perturb_input: bool = False  # adds a zero 'perturbations' variable: grads w.r.t. the input
 
+    kind = "basic"  # its key in BLOCKS
     expansion = 1
 
     def __post_init__(self):
-        check_choice("ordering", self.ordering, ORDERINGS)
-        check_choice("shortcut kind", self.shortcut, SHORTCUTS)
+        check_block_fields(self.kind, self.ordering, self.shortcut)
         super().__post_init__()
 
     def _convs(self) -> list[tuple[int, int, int]]:
@@ -102,17 +128,6 @@ class _Block(BlockOptions):
             use_bias=bias,
             dtype=self.dtype,
             cpu=use_cpu_convs(self.cpu_convs),
-            name=name,
-        )
-
-    def _bn(self, train: bool, name: str, zero_scale: bool = False):
-        return BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            axis_name=self.axis_name,
-            scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
             name=name,
         )
 
@@ -205,15 +220,8 @@ class ResidualBlock(_Block):
 class BottleneckBlock(_Block):
     """1×1 reduce → 3×3 → 1×1 expand (×4); stride on the 3×3 (ResNet v1.5, torchvision)."""
 
+    kind = "bottleneck"
     expansion = 4
-
-    def __post_init__(self):
-        if self.shortcut == "A":
-            raise ValueError(
-                "shortcut 'A' (zero-padding) is defined for basic blocks only; a bottleneck "
-                "block needs a projection: use 'B', 'C' or 'conv'"
-            )
-        super().__post_init__()
 
     def _convs(self):
         return [

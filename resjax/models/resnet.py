@@ -25,12 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from resjax.models.batchnorm import BatchNorm
-from resjax.models.blocks import BLOCKS, ORDERINGS, SHORTCUTS, BlockOptions, check_choice
+from resjax.models.blocks import BLOCKS, BlockOptions, check_block_fields, check_choice
 from resjax.models.conv import Conv, use_cpu_convs
 
 STEMS = ("cifar", "imagenet")
-BLOCK_KINDS = tuple(BLOCKS)
 # Collections that a scanned stage stacks along its leading axis.
 _SCANNED_COLLECTIONS = ("params", "batch_stats", "diagnostics", "perturbations", "intermediates")
 
@@ -89,15 +87,8 @@ class ResNet(BlockOptions):
     shortcut: str = dataclasses.field(default="A", kw_only=True)  # the CIFAR nets' identity
 
     def __post_init__(self):
-        check_choice("block kind", self.block, BLOCK_KINDS)
+        check_block_fields(self.block, self.ordering, self.shortcut)
         check_choice("stem", self.stem, STEMS)
-        check_choice("ordering", self.ordering, ORDERINGS)
-        check_choice("shortcut kind", self.shortcut, SHORTCUTS)
-        if self.block == "bottleneck" and self.shortcut == "A":
-            raise ValueError(
-                "shortcut 'A' (zero-padding) is defined for basic blocks only; a bottleneck "
-                "network needs a projection: use 'B', 'C' or 'conv'"
-            )
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(
                 f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} must "
@@ -142,16 +133,6 @@ class ResNet(BlockOptions):
         options = self.block_options()
         return {**options, "dtype": jnp.dtype(self.dtype), "perturb_input": self.perturb_inputs}
 
-    def _norm(self, train: bool, name: str) -> BatchNorm:
-        return BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=jnp.dtype(self.dtype),
-            axis_name=self.axis_name,
-            name=name,
-        )
-
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         """x: [N, H, W, C] images (any H, W ≥ the total stride) -> [N, num_classes] float32 logits."""
@@ -169,7 +150,7 @@ class ResNet(BlockOptions):
         # Post-activation normalises the stem itself; pre-activation blocks do it on entry,
         # except after an ImageNet stem, whose max-pool wants activated input (He et al. 2016).
         if self.ordering == "post" or self.stem == "imagenet":
-            x = nn.relu(self._norm(train, "stem_bn")(x))
+            x = nn.relu(self._bn(train, "stem_bn")(x))
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -198,9 +179,9 @@ class ResNet(BlockOptions):
                 k += n - 1
 
         if self.ordering == "pre":
-            x = nn.relu(self._norm(train, "head_bn")(x))
+            x = nn.relu(self._bn(train, "head_bn")(x))
         elif self.ordering == "relu_bn_conv":
-            x = self._norm(train, "head_bn")(nn.relu(x))
+            x = self._bn(train, "head_bn")(nn.relu(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=dtype, name="classifier")(x)
         return x.astype(jnp.float32)
