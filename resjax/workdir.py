@@ -81,11 +81,6 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)
 
 
-def is_finished(run_dir: Path) -> bool:
-    """True when the run in `run_dir` wrote its results (whatever its config)."""
-    return (run_dir / RESULTS).exists()
-
-
 # --- per-block diagnostics in metrics.jsonl ---
 
 
