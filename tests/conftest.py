@@ -34,8 +34,8 @@ import jax  # noqa: E402  (after the environment is set)
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
+from processes import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 XLA_CACHE_VARIABLES = {  # read by JAX in the processes that tests start
     "JAX_COMPILATION_CACHE_DIR": None,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -214,6 +214,6 @@ def tiny_run(data_dir=None, *, base: str | None = None, **changes: Any) -> TinyR
 
 def trained_variables(workdir) -> dict:
     """The variables (params, batch_stats) of a run's latest checkpoint, on the host."""
-    from resjax import checkpoint
+    from resjax import weights
 
-    return checkpoint.load_variables(workdir)[1]
+    return weights.load_variables(workdir)[1]

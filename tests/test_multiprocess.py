@@ -10,68 +10,44 @@ layouts (4 devices vs 1 too). At 0.01 four steps agree to ~2e-7.
 """
 
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import FMNIST_RECIPE, tiny_run, trained_variables
+from processes import environ, finish, free_ports, read_until, start
 
 from resjax import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180
 
 
 def train_args(workdir, data_dir, steps, *extra):
-    """A ResNet-8 of width 4 on 512 Fashion-MNIST images, global batch 32, log every step."""
-    return [
-        sys.executable,
-        "-m",
-        "resjax.train",
-        "--config=configs/fashion_mnist_resnet.py:resnet8",
-        f"--workdir={workdir}",
-        f"--config.data.dir={data_dir}",
-        "--config.data.train_split=train[:512]",
-        "--config.data.test_split=test[:64]",
-        "--config.data.val_examples=64",
-        "--config.model.overrides.widths=(4, 4, 8)",
-        "--config.model.overrides.stem_width=4",
-        "--config.optim.lr=0.01",  # see the module docstring
-        f"--config.total_steps={steps}",
-        "--config.batch_size=32",
-        "--config.eval_batch_size=32",
-        "--config.log_every_steps=1",
-        "--config.eval_every_steps=2",
-        "--config.checkpoint_every_steps=2",
-        *extra,
-    ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd, devices):
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    """The tiny run on the Fashion-MNIST recipe, global batch 32, logged every step."""
+    run = tiny_run(
+        data_dir,
+        base=FMNIST_RECIPE,
+        total_steps=steps,
+        log_every_steps=1,
+        eval_every_steps=2,
+        checkpoint_every_steps=2,
+        **{"optim.lr": 0.01},  # see the module docstring
     )
+    return run.command(workdir, *extra)
+
+
+def start_on(cmd, devices):
+    """`cmd` started on `devices` fake CPU devices."""
+    return start(cmd, environ(JAX_NUM_CPU_DEVICES=str(devices)))
 
 
 def start_processes(cmd, n=2, devices=2):
     """`cmd` as processes 0..n-1 of one jax.distributed run with a local coordinator."""
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_ports(1)[0]}"
     return [
-        start(
+        start_on(
             [*cmd, f"--coordinator_address={address}", f"--num_processes={n}", f"--process_id={i}"],
             devices,
         )
@@ -79,37 +55,18 @@ def start_processes(cmd, n=2, devices=2):
     ]
 
 
-def finish(procs):
-    """[(returncode, stdout, stderr)] once every process exits; kills all on a timeout."""
-    deadline = time.monotonic() + TIMEOUT_S
-    out = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            out.append((p.returncode, stdout, stderr))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        raise
-    return out
-
-
 def run_processes(cmd, n=2, devices=2):
-    results = finish(start_processes(cmd, n, devices))
+    results = finish(start_processes(cmd, n, devices), TIMEOUT_S)
     for i, (code, _, stderr) in enumerate(results):
         assert code == 0, f"process {i} exited {code}:\n{stderr[-3000:]}"
     return results
 
 
-def variables(workdir):
-    return checkpoint.load_variables(workdir)[1]
-
-
 def assert_same_training(a, b):
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
-        variables(a),
-        variables(b),
+        trained_variables(a),
+        trained_variables(b),
     )
     ra, rb = (json.loads((w / "results.json").read_text()) for w in (a, b))
     for key in ("train_loss", "val_loss", "test_loss"):
@@ -120,7 +77,8 @@ def assert_same_training(a, b):
 def single_process(fashion_mnist_dir, tmp_path_factory):
     """The reference: one process on 4 devices, 4 steps of global batch 32."""
     workdir = tmp_path_factory.mktemp("single")
-    code, _, stderr = finish([start(train_args(workdir, fashion_mnist_dir, 4), devices=4)])[0]
+    cmd = train_args(workdir, fashion_mnist_dir, 4)
+    code, _, stderr = finish([start_on(cmd, devices=4)], TIMEOUT_S)[0]
     assert code == 0, stderr[-3000:]
     return workdir
 
@@ -168,10 +126,9 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(fashion_mnist_dir, 
         train_args(tmp_path, fashion_mnist_dir, 100_000, "--config.checkpoint_every_steps=0")
     )
     try:
-        while "step 3/" not in (procs[0].stdout.readline() or "step 3/"):
-            pass
+        read_until(procs[0], "step 3/", TIMEOUT_S)
         procs[1].send_signal(signal.SIGTERM)
-        results = finish(procs)
+        results = finish(procs, TIMEOUT_S)
     finally:
         for p in procs:
             p.kill()
