@@ -13,68 +13,27 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
+from conftest import tiny_run
+from processes import LAUNCH, command, launch, launch_env, reached_before_exit, run, start
 
-ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = ROOT / "launch.sh"
 
-# A sweep of tiny runs: ResNet-8 of width 4 on 512 Fashion-MNIST images. Point 'bad' names a
-# model that does not exist: it passes enumeration and fails when training starts.
-SWEEP_CONFIG = '''
-"""A tiny sweep for tests/test_launch.py.
-
-    ./launch.sh tiny_sweep.py --parallel 2 --config.data.dir=DIR
-"""
-from resjax.config import base_config, lock
-
-def get_config(arg=None):
-    c = base_config()
-    c.model.name = "resnet_nonexistent" if arg == "bad" else "resnet8"
-    c.seed = {"a": 0, "b": 1}.get(arg, 0)
-    c.model.overrides.widths = (4, 4, 8)
-    c.model.overrides.stem_width = 4
-    c.data.train_split = "train[:512]"
-    c.data.test_split = "test[:64]"
-    c.data.val_examples = 64
-    c.batch_size = 32
-    c.eval_batch_size = 32
-    c.total_steps = 8
-    c.log_every_steps = 4
-    c.eval_every_steps = 0
-    c.checkpoint_every_steps = 4
-    return lock(c)
-
-def sweep(arg=None):
-    return {None: ["a", "b", "bad"], "good": ["a", "b"]}.get(arg or None)
-'''
+def write_tiny_sweep(path):
+    """A sweep of the tiny run (8 steps) as a config file: points a and b (seeds 0 and 1), and
+    bad, which names a model that does not exist: it passes enumeration and fails when training
+    starts. Sweep 'good' is a and b. Returns `path`."""
+    tiny = tiny_run(total_steps=8, log_every_steps=4, eval_every_steps=0, checkpoint_every_steps=4)
+    return tiny.write_config_file(
+        path,
+        points={"b": {"seed": 1}, "bad": {"model.name": "resnet_nonexistent"}},
+        sweeps={None: ["a", "b", "bad"], "good": ["a", "b"]},
+    )
 
 
 @pytest.fixture()
 def sweep_file(tmp_path):
-    path = tmp_path / "tiny_sweep.py"
-    path.write_text(SWEEP_CONFIG)
-    return path
-
-
-def launch_env(**changes):
-    env = {**os.environ, "RESJAX_PYTHON": sys.executable, "RESJAX_LAUNCH_POLL_S": "0.1"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    env.update(changes)
-    return {k: v for k, v in env.items() if v is not None}
-
-
-def launch(*args, env=None, timeout=240):
-    return subprocess.run(
-        ["bash", str(LAUNCH), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env or launch_env(),
-        timeout=timeout,
-    )
+    return write_tiny_sweep(tmp_path / "tiny_sweep.py")
 
 
 def test_help_and_clear_errors(sweep_file):
@@ -168,21 +127,18 @@ def test_ctrl_c_checkpoints_every_point_and_a_rerun_resumes(
     # launch.sh starts with SIGINT at its default disposition even when pytest runs in the
     # background of a non-interactive shell (`nohup pytest &`), which ignores SIGINT: bash
     # cannot trap a signal that was ignored when it started.
-    proc = subprocess.Popen(
-        ["bash", str(LAUNCH), *common, data, *long],
-        cwd=ROOT,
-        env=launch_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start(
+        ["bash", LAUNCH, *common, data, *long],
+        launch_env(),
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     logs = [workdir / name / "log.txt" for name in ("a", "b")]
-    deadline = time.monotonic() + 120
-    while not all(p.exists() and "step 8/" in p.read_text() for p in logs):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
+
+    def both_trained():
+        return all(p.exists() and "step 8/" in p.read_text() for p in logs)
+
+    assert reached_before_exit(proc, both_trained, timeout_s=120, poll_s=0.2), proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
@@ -272,10 +228,7 @@ def test_gpu_slots_per_point_and_queue(fake_python, tmp_path):
 
 def depth_sweep_points(*overrides):
     """[(name, flags)] of configs/depth_sweep.py's default sweep (its depths are the recipe's)."""
-    listing = subprocess.run(
-        [sys.executable, "-m", "resjax.sweep", "list", "configs/depth_sweep.py", *overrides],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    ).stdout  # fmt: skip
+    listing = run(command("sweep", "list", "configs/depth_sweep.py", *overrides), check=True).stdout
     return [tuple(line.split("\t")) for line in listing.splitlines()]
 
 
@@ -336,18 +289,18 @@ def test_slurm_dry_run_script(fake_python, tmp_path):
             FAKE_PREEMPT="1",
             FAKE_EXIT=str(exit_status),
         )
-        run = subprocess.run(
+        task = subprocess.run(
             ["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
         )
-        assert run.returncode == 0, run.stderr
+        assert task.returncode == 0, task.stderr
         started = record.read_text().splitlines()[-2]
         assert flags in started and f"--workdir={workdir}/{name}" in started
         assert (tmp_path / "scontrol").read_text().strip() == "requeue 1234"
         assert f"(preempted or out of time, exit {exit_status}): requeued" in log.read_text()
         (tmp_path / "scontrol").unlink()
     env["FAKE_EXIT"] = "1"
-    run = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True)
-    assert run.returncode == 1 and not (tmp_path / "scontrol").exists()
+    task = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True)
+    assert task.returncode == 1 and not (tmp_path / "scontrol").exists()
     assert f"=== {name} failed (exit 1): not requeued" in log.read_text()
     outcome = next((workdir / "slurm").glob("*.outcomes")) / name
     assert re.fullmatch(rf"{name}=failed:1:\d+\n", outcome.read_text())
