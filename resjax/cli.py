@@ -1,9 +1,10 @@
 """What every command shares: bad input answered in one line, and the --config flag.
 
-Every `python -m resjax.<command>` answers bad input (a config file that does not exist, an
-argument its `get_config` rejects, an unknown or mistyped `--config.key`, a value of the wrong
-type, a workdir or file that is not there) with one line on stderr, `error: ...`, and exit status
-1, or 2 for a command line that argparse rejects. `RESJAX_TRACEBACK=1` shows the traceback
+Every `python -m resjax.<command>` answers bad input (a config file that does not exist, does
+not compile or defines no `get_config`, an argument its `get_config` rejects, an unknown or
+mistyped `--config.key`, a value of the wrong type, hyperparameters that cannot train, a workdir
+or file that is not there) with one line on stderr, `error: ...`, and exit status 1, or 2 for a
+command line that argparse rejects. `RESJAX_TRACEBACK=1` shows the traceback
 instead.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, NoReturn
 from absl import flags, logging
 from ml_collections import config_flags
 
-from resjax import xla_flags
+from resjax import hyperparameters, xla_flags
 from resjax.sweeps.points import load_config
 
 TRACEBACK_VARIABLE = "RESJAX_TRACEBACK"  # set to 1: bad input raises, with its traceback
@@ -70,17 +71,27 @@ def parse_flags(values: flags.FlagValues, argv: Sequence[str], config: str = "co
     """`values(argv)`, raising one-line errors for bad input; returns the arguments left.
 
     The config flag's FILE[:ARG] is built first (a missing file, an ARG that get_config rejects),
-    then every flag is parsed: ml_collections type-checks the `--config.key=value` overrides.
+    then every flag is parsed: ml_collections type-checks the `--config.key=value` overrides;
+    last, hyperparameters that cannot train are refused (resjax.hyperparameters.check).
     """
     spec = _last_value(argv, config)
     if spec:
         load_config(spec)
     try:
-        return values(list(argv))
+        rest = values(list(argv))
     except flags.Error as e:
         raise CommandError(one_line(e)) from None
     except (AttributeError, KeyError) as e:  # ml_collections: no such key, with "did you mean"
         raise CommandError(_unknown_key(e, argv, config)) from None
+    if spec:
+        overridden = values[config].override_values
+        try:
+            hyperparameters.check(
+                values[config].value, truncated=hyperparameters.truncated_by(overridden)
+            )
+        except ValueError as e:
+            raise CommandError(f"{spec}: {e}") from None
+    return rest
 
 
 def absl_flags_parser(argv: list[str]) -> list[str]:

@@ -13,12 +13,14 @@ import difflib
 import importlib.util
 import inspect
 import json
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from resjax import hyperparameters
 from resjax.config import WHERE_KEYS
 from resjax.workdir import CONFIG, RESULTS, safe_name
 
@@ -101,13 +103,35 @@ def split_config_spec(spec: str) -> tuple[str, str | None]:
 
 
 def load_config_module(config_file: str | Path):
-    """Imports a config file by path (as ml_collections' --config flag does)."""
+    """Imports a config file by path (as ml_collections' --config flag does). A file that does
+    not exist, does not compile, fails while importing or defines no `get_config` raises
+    SweepError naming the file (and the line)."""
     path = Path(config_file)
     if not path.is_file():
         raise SweepError(f"config file {config_file} does not exist")
     spec = importlib.util.spec_from_file_location(f"_resjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # IndentationError included
+        raise SweepError(
+            f"config file {config_file}, line {e.lineno}: {e.msg} (a Python syntax error)"
+        ) from None
+    except Exception as e:  # noqa: BLE001  (whatever a config file's own code raises)
+        line = next(
+            (f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
+             if Path(f.filename).resolve() == path.resolve()),
+            None,
+        )  # fmt: skip
+        where = f", line {line}" if line else ""
+        raise SweepError(
+            f"config file {config_file}{where}: {type(e).__name__}: {e} (while importing it)"
+        ) from None
+    if not callable(getattr(module, "get_config", None)):
+        raise SweepError(
+            f"config file {config_file} defines no get_config(arg); a config file defines "
+            "get_config(arg: str | None = None) returning the run's config (see configs/)"
+        )
     return module
 
 
@@ -204,7 +228,8 @@ def enumerate_points(
 
     Returns:
       Points in the sweep's order. Raises SweepError, naming the point and the key, for an
-      unknown key or a bad value, and for two points with one name, before anything runs.
+      unknown key or a bad value, hyperparameters that cannot train (resjax.hyperparameters),
+      and for two points with one name, before anything runs.
     """
     module = load_config_module(config_file)
     spec = config_file + (f":{arg}" if arg else "")
@@ -237,6 +262,10 @@ def enumerate_points(
         if is_dict:
             apply_overrides(config, point, where)
         apply_overrides(config, dict(overrides or {}), f"{where}, command-line override")
+        try:
+            hyperparameters.check(config, truncated=hyperparameters.truncated_by(overrides or {}))
+        except ValueError as e:
+            raise SweepError(f"{where}: {e}") from None
         if name in seen:
             raise SweepError(
                 f"{where} has the same name as sweep point {seen[name]}; names must differ"
