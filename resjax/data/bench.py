@@ -29,6 +29,7 @@ import argparse
 import multiprocessing
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -209,8 +210,15 @@ def bench_memory(splits: sources.Splits, config, args, mesh: Mesh | None) -> Non
             )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Prints the pipeline's images/s for one dataset."""
+def _error(message: str) -> int:
+    """Bad input as every command answers it: one `error:` line on stderr, exit status 1."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prints the pipeline's images/s for one dataset; a dataset that does not exist or is not
+    prepared, or a batch the devices cannot split, is one `error:` line and exit status 1."""
     xla_flags.apply_defaults()  # a command: resjax's XLA:CPU defaults, as every command
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="cifar10", help=f"a TFDS name, or {GENERATED!r}")
@@ -248,15 +256,15 @@ def main(argv: list[str] | None = None) -> None:
         origin = f"prepared {config.data.name}, loaded in {time.perf_counter() - start:.1f} s"
     except DataError as e:
         if args.dataset not in ("cifar10", "cifar100"):
-            raise
+            return _error(str(e))
         splits = synthetic_splits(args.dataset, 50_000, (32, 32, 3), 10)
         origin = f"synthetic 50k x 32x32x3 ({args.dataset} not available: {str(e)[:80]}...)"
     if splits.in_memory:
         print(f"{args.dataset}: {origin}; train {len(splits.train)} x {splits.image_shape}")
         bench_memory(splits, config, args, mesh)
-        return
+        return 0
     if mesh is None:
-        raise DataError(f"--batch {args.batch} must be a multiple of the {len(devices)} devices")
+        return _error(f"--batch {args.batch} must be a multiple of the {len(devices)} devices")
     original = bench_disk(splits, config, args, mesh)
     if args.short_side:
         if (
@@ -273,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
             f"shorter side {args.short_side} px: decode limit {resized['limit'] / original['limit']:.2f}x, "
             f"pipeline {resized['pipeline'] / original['pipeline']:.2f}x the original's"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
