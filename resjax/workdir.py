@@ -55,6 +55,52 @@ def check_writable(folder: Path, writer: str = "0") -> None:
         probe.unlink(missing_ok=True)
 
 
+# What a run writes into its workdir, by name: a folder of the user's holding any of them (and no
+# resjax run) would have them overwritten or mixed with a run's.
+RUN_FILES = (CONFIG, RESULTS, METRICS, ENVIRONMENT, RESUME_LOG, CHECKPOINTS, TENSORBOARD)
+
+
+def check_run_dir(path: Path) -> None:
+    """Raises ValueError, in one line naming what is there, when `path` cannot be a run's
+    workdir: a file, or a folder holding files a run writes (`RUN_FILES`) but no resjax run.
+
+    Pass: a folder that does not exist, is empty or holds none of `RUN_FILES` (empty folders
+    of those names aside: a run writes beside the user's other files); a resjax run to resume
+    (environment.jsonl, a checkpoint step in checkpoints/, or a config.json of resjax's keys);
+    a sweep's workdir (sweep_status.json). Reads names and at most config.json; no JAX.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"workdir {path} is a file, not a folder; give a folder for the run")
+    clashes = sorted(name for name in RUN_FILES if _holds_something(path / name))
+    if not clashes or _is_run(path):
+        return
+    listed = ", ".join(n + "/" if (path / n).is_dir() else n for n in clashes)
+    raise ValueError(
+        f"workdir {path} holds {listed} but no resjax run (no {ENVIRONMENT}, checkpoint step "
+        f"or resjax {CONFIG}): a run would write over them; choose a new or empty folder, or "
+        "a resjax run's workdir to resume it"
+    )
+
+
+def _holds_something(path: Path) -> bool:
+    """A file, or a folder with anything in it (an empty one has nothing to write over)."""
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def _is_run(path: Path) -> bool:
+    """Whether `path` holds what only resjax writes: a run (to resume) or a sweep."""
+    if (path / ENVIRONMENT).is_file() or (path / STATUS).is_file():
+        return True
+    checkpoints = path / CHECKPOINTS
+    if checkpoints.is_dir() and any(re.match(r"\d+(\.|$)", p.name) for p in checkpoints.iterdir()):
+        return True  # '<step>' or '<step>.unrestorable', as resjax.checkpoint names them
+    config = read_json(path / CONFIG)
+    return isinstance(config, dict) and {"model", "optim", "data", "seed"} <= config.keys()
+
+
 def read_json(path: Path) -> Any:
     """The JSON in `path`, or None when it is missing or unreadable."""
     try:
