@@ -121,6 +121,16 @@ done
 [[ -n $spec ]] || die "no CONFIG given (usage: ./$PROG [options] CONFIG[:ARG]; see --help)"
 [[ -z $nodes || $slurm == 1 ]] || die "--nodes needs --slurm (multi-host runs go through srun)"
 
+# An interpreter that cannot import resjax and its dependencies (an environment not activated)
+# is said once, here, rather than as a traceback in every point's log.
+python_path=$(command -v "$PYTHON") ||
+  die "no Python '$PYTHON' found: name the one resjax is installed in with RESJAX_PYTHON=/path/to/python" 1
+if ! why=$("$PYTHON" -c 'import importlib.util as u, resjax.sweep
+for m in ("jax", "flax", "optax", "orbax.checkpoint"):
+    assert u.find_spec(m), f"No module named {m!r}"' 2>&1); then
+  die "$PYTHON ($python_path) cannot import resjax ($(tail -n 1 <<<"$why")): activate the environment resjax is installed in, or name its Python with RESJAX_PYTHON=/path/to/python" 1
+fi
+
 # ---------------------------------------------------------------- the points
 # On bad input (no such file, a rejected point, an unknown key) Python has said so in one line.
 default_workdir=$(sweep workdir "$spec") || exit 1
