@@ -55,6 +55,7 @@ of training batches is also reported, but it moves by about a point between wind
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 from resjax.config import base_config, he2015_cifar10, lock
@@ -159,6 +160,12 @@ def _fast_fmnist(c) -> None:
     c.checkpoint_every_steps = 500
     c.eval_batch_size = 500
 
+
+# The committed three-seed run of the default's points (fmnist_3seeds): each sweep's report
+# shows where its settings of the same name sit against it (mean ± std per setting).
+REFERENCE = (
+    Path(__file__).resolve().parents[1] / "experiments/2026-12-02_depth_sweep/report_summary.csv"
+)
 
 # --- Named sweeps: depths, families (plain flags), seeds, and the ablated field's values ---
 

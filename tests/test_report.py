@@ -114,6 +114,29 @@ def test_the_report_is_titled_by_its_sweep(sweep_dir):
     assert first == f"# Sweep configs/depth_sweep.py:preact ({sweep_dir.name})"
 
 
+def test_the_report_places_a_run_against_the_committed_reference(sweep_dir, tmp_path_factory):
+    reference = tmp_path_factory.mktemp("reference") / "report_summary.csv"
+    reference.write_text(
+        "setting,seeds,steps,train_error,train_error_std,test_error,test_error_std\n"
+        "plain_d8,3,30,0.21,0.02,0.25,0.01\n"
+        "resnet_d56,3,30,0.18,0.005,0.21,\n"
+        "resnet_d8,3,999,0.2,0.01,0.2,0.01\n"  # another length: not the same points
+    )
+    status = json.loads((sweep_dir / "sweep_status.json").read_text())
+    (sweep_dir / "sweep_status.json").write_text(
+        json.dumps({**status, "reference": str(reference)})
+    )
+    md = report.write_report(sweep_dir)["markdown"].read_text()
+    against = md.split("## Against the reference")[1].split("##")[0]
+    assert (
+        f"3 seeds, mean ± std ({reference})" in against
+        and "within about the seed spread" in against
+    )
+    assert "| plain_d8 | 2 | 22.00 | 21.00 ± 2.00 | +0.5 | 24.00 | 25.00 ± 1.00 | -1.0 |" in against
+    assert "| resnet_d56 | 1 | 19.00 | 18.00 ± 0.50 | +2.0 | 20.00 | 21.00 | – |" in against
+    assert "resnet_d8 " not in against and "plain_d56" not in against
+
+
 def test_rerun_rows_and_unfinished_points(sweep_dir):
     points = {p.point: p for p in report.load_points(sweep_dir)}
     assert dict(points["plain_d8_s1"].curve)[20] == 0.33  # the rerun's row wins

@@ -8,7 +8,8 @@ from conftest import tiny_run
 from processes import ROOT, command, run
 
 from resjax.sweeps import points as sweep_points
-from resjax.sweeps import runner
+from resjax.sweeps import report, runner
+from resjax.sweeps import status as sweep_status
 from resjax.training import train_and_evaluate
 from resjax.training.metric_writer import MetricWriter
 from resjax.workdir import STATUS
@@ -70,6 +71,19 @@ def test_named_sweeps():
     assert "resnet_pre_d56_s0" in pre and "resnet_d56_s0" in pre
     shortcuts = sweep_points.enumerate_points(DEPTH_SWEEP, "shortcut")
     assert {p.config.model.overrides.shortcut for p in shortcuts} == {"A", "B", "C"}
+
+
+def test_status_names_the_sweep_and_its_committed_reference():
+    default = sweep_points.enumerate_points(DEPTH_SWEEP)
+    status = sweep_status.new(default, None)
+    committed = ROOT / "experiments/2026-12-02_depth_sweep/report_summary.csv"
+    assert status["sweep"] == DEPTH_SWEEP and status["reference"] == str(committed)
+    assert set(report.read_reference(committed)) >= {p.name[: -len("_s0")] for p in default}
+    # Where an override changes what the points compute, they are not the reference's points.
+    shorter = sweep_points.enumerate_points(DEPTH_SWEEP, "fmnist", {"total_steps": 3})
+    assert sweep_status.new(shorter, None) | {"points": None} == {
+        "command": None, "sweep": f"{DEPTH_SWEEP}:fmnist", "reference": None, "points": None
+    }  # fmt: skip
 
 
 def test_unknown_keys_fail_before_anything_runs(tmp_path):

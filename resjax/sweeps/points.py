@@ -41,6 +41,8 @@ class Point:
       config: the locked config, point and command-line overrides applied.
       is_dict_point: True when the point was an override dict (then `--point` selects it).
       sweep: the `FILE[:ARG]` it was enumerated from, as given (what the sweep's report is titled).
+      reference: the config file's `REFERENCE` (a committed report_summary.csv of the same
+        points, other seeds), when no command-line override changed what the point computes.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Point:
     config: ml_collections.ConfigDict
     is_dict_point: bool = False
     sweep: str | None = None
+    reference: str | None = None
 
     def flags(self, cli_flags: Sequence[str] = ()) -> list[str]:
         """`python -m resjax.train` flags that run exactly this point (without --workdir)."""
@@ -239,6 +242,8 @@ def enumerate_points(
         raise SweepError(f"{spec}: {e}") from None
     single = raw is None
     points, seen = [], {}
+    same = all(key in WHERE_KEYS for key in overrides or {})  # the points the file describes
+    reference = getattr(module, "REFERENCE", None) if same else None
     for i, point in enumerate([arg or ""] if single else raw, 1):
         if not isinstance(point, str | dict):
             raise SweepError(
@@ -272,7 +277,16 @@ def enumerate_points(
             )
         seen[name] = i
         points.append(
-            Point(name, config_file, get_arg, dict(point) if is_dict else {}, config, is_dict, spec)
+            Point(
+                name,
+                config_file,
+                get_arg,
+                dict(point) if is_dict else {},
+                config,
+                is_dict,
+                spec,
+                None if reference is None else str(reference),
+            )
         )
     if only is not None:
         points = [p for p in points if p.name == only]

@@ -285,6 +285,72 @@ def depth_comparison(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def read_reference(path: str | Path) -> dict[str, dict[str, Any]]:
+    """{setting: row} of a report_summary.csv (`write_report`'s), numbers as floats, empty
+    cells as None; {} when it cannot be read."""
+    try:
+        with Path(path).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    out = {}
+    for row in rows:
+        parsed: dict[str, Any] = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = None if value in ("", None) else float(value)
+            except ValueError:
+                parsed[key] = value
+        out[row["setting"]] = parsed
+    return out
+
+
+def reference_comparison(
+    summary: list[dict[str, Any]], reference: dict[str, dict[str, Any]], source: str
+) -> list[str]:
+    """Markdown lines: per setting also in `reference` (a committed run of the same points,
+    other seeds), this run's final training and test error beside the reference's mean ± std,
+    and how many reference stds apart they are. [] when no setting matches."""
+    key = final_train_key(summary)
+    rows = [
+        (r, reference[r["setting"]])
+        for r in summary
+        if r["setting"] in reference
+        and r[key] is not None
+        and reference[r["setting"]].get(key) is not None
+        and reference[r["setting"]].get("steps") == r["steps"]
+    ]
+    if not rows:
+        return []
+
+    def beside(value, ref, name):
+        mean, std = ref.get(name), ref.get(f"{name}_std")
+        if value is None or mean is None:
+            return "– | – | –"
+        apart = f"{(value - mean) / std:+.1f}" if std else "–"
+        return f"{_pct(value)} | {_pct(mean, std)} | {apart}"
+
+    seeds = sorted({int(ref["seeds"]) for _, ref in rows if ref.get("seeds")})
+    lines = [
+        "## Against the reference",
+        "",
+        f"This run beside the committed run of the same points, {'/'.join(map(str, seeds))} "
+        f"seeds, mean ± std ({source}). CPU runs repeat bitwise on one machine and software "
+        "stack only: on another CPU or jax, expect the numbers within about the seed spread "
+        "(a few reference stds at most), not to the digit.",
+        "",
+        "| setting | seeds | final train error % | reference | apart (ref. stds) | "
+        "test error % | reference | apart (ref. stds) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r, ref in rows:
+        lines.append(
+            f"| {r['setting']} | {r['seeds']} | {beside(r[key], ref, key)} | "
+            f"{beside(r['test_error'], ref, 'test_error')} |"
+        )
+    return [*lines, ""]
+
+
 def training_error_note(points: list[PointResult]) -> str:
     """What "final training error" means in this sweep, from the points' configs."""
     done = [p for p in points if p.window_steps and p.batch_size]
@@ -311,8 +377,13 @@ def training_error_note(points: list[PointResult]) -> str:
     return note + " Val and test errors are of the final weights."
 
 
-def markdown(points: list[PointResult], title: str = "Sweep") -> str:
-    """The report as Markdown: comparison, per-setting summary, per-point table, plots."""
+def markdown(
+    points: list[PointResult],
+    title: str = "Sweep",
+    reference: tuple[dict[str, dict[str, Any]], str] | None = None,
+) -> str:
+    """The report as Markdown: comparison, per-setting summary, per-point table, plots;
+    `reference` ({setting: row}, where it is from) adds where this run sits against it."""
     summary = summarize(points)
     done = sum(p.status == "finished" for p in points)
     out = [f"# {title}", "", f"{done} of {len(points)} points finished.", ""]
@@ -322,6 +393,8 @@ def markdown(points: list[PointResult], title: str = "Sweep") -> str:
     comparison = depth_comparison(summary)
     if comparison:
         out += ["## Training error vs depth", "", *comparison, ""]
+    if reference is not None:
+        out += reference_comparison(summary, *reference)
     if any(r["of"] > 1 for r in summary):
         out += [
             "## Mean ± std over seeds",
@@ -488,6 +561,14 @@ def sweep_title(workdir: Path) -> str:
     return f"Sweep {sweep} ({workdir.name})" if sweep else f"Sweep: {workdir.name}"
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory where it lies below it (as the README links)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Path]:
     """Writes report.md, report.csv, report_summary.csv and the plots into `workdir`; `title`
     defaults to `sweep_title`.
@@ -507,7 +588,9 @@ def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Pat
         "train_error_vs_step": workdir / PLOTS[0],
         "error_vs_depth": workdir / PLOTS[1],
     }
-    paths["markdown"].write_text(markdown(points, title or sweep_title(workdir)))
+    reference = (read_json(workdir / STATUS) or {}).get("reference")
+    against = (read_reference(reference), _shown(reference)) if reference else None
+    paths["markdown"].write_text(markdown(points, title or sweep_title(workdir), against))
     _write_csv(paths["csv"], [dataclasses.asdict(p) for p in points], [*_PER_POINT, "error"])
     _write_csv(
         paths["summary_csv"],

@@ -1,6 +1,7 @@
 """sweep_status.json: what a sweep knows of each of its points, kept current on disk.
 
-    {"command": ..., "sweep": "FILE[:ARG]", "started": ...,
+    {"command": ..., "sweep": "FILE[:ARG]", "reference": ... (a report_summary.csv, or None),
+     "started": ...,
      "finished": ... (None until the sweep ends whole),
      "wall_time_s": ..., "updated": ...,
      "points": {name: {"status": "pending" | "running" | "finished" | "failed" | "interrupted",
@@ -48,6 +49,7 @@ def new(
     return {
         "command": command,
         "sweep": points[0].sweep if points else None,
+        "reference": points[0].reference if points else None,
         **fields,
         "points": {
             p.name: {"status": "pending", "flags": shlex.join(p.flags(cli_flags))} for p in points
