@@ -3,16 +3,14 @@ workdir (no training)."""
 
 import csv
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from processes import command, run
 
 from resjax import curves, workdir
 from resjax.sweeps import report
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -172,26 +170,18 @@ def test_cli_and_import_without_jax(sweep_dir, tmp_path_factory):
         "import sys, resjax.report, resjax.sweep, resjax.sweeps.report; "
         "assert 'jax' not in sys.modules, 'jax imported'"
     )
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
-    result = subprocess.run(
-        [sys.executable, "-m", "resjax.report", str(sweep_dir)],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+    imported = run([sys.executable, "-c", code])
+    assert imported.returncode == 0, imported.stderr
+    result = run(command("report", sweep_dir))
     assert result.returncode == 0, result.stderr
     assert "Training error vs depth" in result.stdout and (sweep_dir / "report.md").exists()
     # One run's directory: its learning curves.
     run_dir = sweep_dir / "plain_d8_s0"
-    one = subprocess.run(
-        [sys.executable, "-m", "resjax.report", str(run_dir)], capture_output=True, text=True,
-        cwd=ROOT,
-    )  # fmt: skip
+    one = run(command("report", run_dir))
     assert one.returncode == 0, one.stderr
     assert "# Learning curves: plain_d8_s0" in one.stdout and "- test error at step" in one.stdout
     assert (run_dir / curves.PLOT).stat().st_size > 10_000
-    empty = subprocess.run(
-        [sys.executable, "-m", "resjax.report", str(tmp_path_factory.mktemp("empty"))],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+    empty = run(command("report", tmp_path_factory.mktemp("empty")))
     assert empty.returncode == 1 and "holds no sweep points" in empty.stderr
 
 
