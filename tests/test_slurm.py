@@ -7,19 +7,16 @@ apt-get) these tests are skipped.
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
 import types
 
 import jax
 import numpy as np
 import pytest
-from test_launch import ROOT, SWEEP_CONFIG, launch, launch_env
+from conftest import trained_variables
+from processes import ROOT, command, free_ports, launch, launch_env, run, wait_until
+from test_launch import write_tiny_sweep
 from test_multiprocess import assert_same_training
-
-from resjax import checkpoint
 
 LOCAL_SLURM = ROOT / "tests" / "local_slurm.sh"
 SLURM_TIMEOUT_S = 300
@@ -28,44 +25,23 @@ SLURM_TIMEOUT_S = 300
 SLURM_STEPS = 96
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """The environment for launch.sh and SLURM's commands (SLURM_CONF) on a one-node cluster
     started for this module and stopped after it."""
     directory = tmp_path_factory.mktemp("slurm")
-    start = subprocess.run(
-        ["bash", str(LOCAL_SLURM), "start", str(directory), *map(str, free_ports(2))],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    start = run(["bash", LOCAL_SLURM, "start", directory, *free_ports(2)], timeout_s=600)
     if start.returncode == 77:  # not root, or no packages and no apt-get
         pytest.skip(start.stderr.strip())
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         yield launch_env(SLURM_CONF=str(directory / "slurm.conf"))
     finally:
-        subprocess.run(["bash", str(LOCAL_SLURM), "stop", str(directory)], timeout=180)
+        run(["bash", LOCAL_SLURM, "stop", directory], timeout_s=180)
 
 
 def slurm_command(env, *args):
-    return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
-
-
-def wait_for(condition, what, timeout=SLURM_TIMEOUT_S, poll_s=0.5):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(poll_s)
+    return run(args, env=env, check=True).stdout
 
 
 def log_has(path, text):
@@ -82,7 +58,11 @@ def submitted_job(result):
 
 def wait_for_job(env, job):
     """Until every task of `job` has ended (requeued runs included)."""
-    wait_for(lambda: not slurm_command(env, "squeue", "-h", "-j", job).strip(), f"job {job}")
+    wait_until(
+        lambda: not slurm_command(env, "squeue", "-h", "-j", job).strip(),
+        f"job {job}",
+        timeout_s=SLURM_TIMEOUT_S,
+    )
 
 
 def job_tasks(env, job):
@@ -94,10 +74,6 @@ def job_tasks(env, job):
     return tasks
 
 
-def variables(workdir):
-    return checkpoint.load_variables(workdir)[1]
-
-
 @pytest.fixture(scope="module")
 def slurm_sweep(slurm, fashion_mnist_dir, tmp_path_factory):
     """tiny_sweep.py (a, b and the failing bad) of SLURM_STEPS steps, submitted to SLURM and
@@ -106,8 +82,7 @@ def slurm_sweep(slurm, fashion_mnist_dir, tmp_path_factory):
     (SIGSTOP) first, so that the stop lands mid-run however fast this machine trains. Then
     launch.sh is run again with the finished half of the sweep."""
     root = tmp_path_factory.mktemp("slurm_sweep")
-    sweep = root / "tiny_sweep.py"
-    sweep.write_text(SWEEP_CONFIG)
+    sweep = write_tiny_sweep(root / "tiny_sweep.py")
     slurm_dir, local_dir = root / "slurm" / "runs", root / "local" / "runs"  # same report title
     args = [
         f"--config.data.dir={fashion_mnist_dir}",
@@ -130,7 +105,7 @@ def slurm_sweep(slurm, fashion_mnist_dir, tmp_path_factory):
     slurm_command(slurm, "scancel", "--signal=CONT", f"{job}_0")
     slurm_command(slurm, "scontrol", "requeue", f"{job}_1")  # SLURM sends SIGCONT, SIGTERM
     # The uninterrupted runs, on this machine while SLURM requeues.
-    local = launch(sweep, "--parallel", 2, "--workdir", local_dir, *args, timeout=SLURM_TIMEOUT_S)
+    local = launch(sweep, "--parallel", 2, "--workdir", local_dir, *args, timeout_s=SLURM_TIMEOUT_S)
     wait_for_job(slurm, job)
     rerun = launch("--slurm", f"{sweep}:good", "--workdir", slurm_dir, *args, env=slurm)
     return types.SimpleNamespace(
@@ -200,8 +175,8 @@ def test_slurm_preempted_and_requeued_tasks_resume_bitwise(slurm_sweep):
     for name in ("a", "b"):
         jax.tree.map(
             np.testing.assert_array_equal,
-            variables(slurm_dir / name),
-            variables(local_dir / name),
+            trained_variables(slurm_dir / name),
+            trained_variables(local_dir / name),
         )
 
 
@@ -227,8 +202,7 @@ def test_slurm_rerun_after_completion_submits_nothing(slurm_sweep):
 def test_slurm_one_point_on_two_processes_under_srun(slurm, fashion_mnist_dir, tmp_path):
     # Two tasks on the one node (--ntasks-per-node=2 overrides the script's 1) of 2 CPU
     # devices each: jax.distributed from SLURM's variables; the reference is one process on 4.
-    sweep = tmp_path / "tiny_sweep.py"
-    sweep.write_text(SWEEP_CONFIG)
+    sweep = write_tiny_sweep(tmp_path / "tiny_sweep.py")
     overrides = [
         f"--config.data.dir={fashion_mnist_dir}",
         "--config.optim.lr=0.01",  # tests/test_multiprocess.py's docstring says why
@@ -243,10 +217,8 @@ def test_slurm_one_point_on_two_processes_under_srun(slurm, fashion_mnist_dir, t
     job = submitted_job(submit)
     wait_for_job(slurm, job)
     reference = tmp_path / "one_process"
-    subprocess.run(
-        [sys.executable, "-m", "resjax.train", f"--config={sweep}:a", f"--workdir={reference}", *overrides],
-        cwd=ROOT, env=launch_env(), check=True, capture_output=True, timeout=SLURM_TIMEOUT_S,
-    )  # fmt: skip
+    train = command("train", f"--config={sweep}:a", f"--workdir={reference}", *overrides)
+    run(train, env=launch_env(), check=True, timeout_s=SLURM_TIMEOUT_S)
     task = job_tasks(slurm, job)[0]
     assert (task["JobState"], task["NumTasks"]) == ("COMPLETED", "2")
     workdir = tmp_path / "slurm" / "a"
