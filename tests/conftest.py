@@ -157,10 +157,6 @@ class TinyRun:
         train = [sys.executable, "-m", "resjax.train"]
         return [*train, base, f"--workdir={workdir}", *changes, *extra]
 
-    def replace(self, **changes: Any) -> "TinyRun":
-        """The same run with more `changes` (dotted keys by `**{"optim.lr": 0.01}`)."""
-        return dataclasses.replace(self, changes={**self.changes, **changes})
-
     def write_config_file(self, path, points=None, sweeps=None) -> Path:
         """Writes this run (base_config() bases only) as a config file: `get_config(ARG)` is the
         run with `points[ARG]`'s changes on top (none for another ARG), `sweep(ARG)` is
