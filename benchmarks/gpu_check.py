@@ -113,7 +113,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     # Every stage shrunk so that the whole script runs on a 2-core CPU in minutes (8 min 9 s
     # with the cores shared by ~20 busy processes; not yet timed on a quiet machine)
-    # (resnet18 stands in for resnet50: same code path, a quarter of the compile time).
+    # resnet18 stands in for resnet50: the same ImageNet code path (torchvision net), smaller.
     "tiny": {
         "deadline_s": 900,
         "resnet50": dict(
