@@ -30,11 +30,11 @@ def get_config(arg: str | None = None):
     c.data.augment = "pad_crop_flip"  # He et al.'s pad-4 crop + flip, at 28 px
     c.data.random_erase = 0.5  # Zhong et al. 2017's probability
     c.batch_size = 128
-    c.total_epochs = 40.0  # 17,160 steps of 429
+    c.total_epochs = 40.0  # 17,160 steps of 429 at batch 128
     c.optim.lr = 0.1
     c.optim.weight_decay = 5e-4
     c.optim.schedule = "cosine"
-    c.log_every_steps = 143  # three points per epoch on the learning curve
-    c.eval_every_steps = 429  # every epoch
-    c.checkpoint_every_steps = 429
+    c.log_every_steps, c.log_every_epochs = None, 1 / 3  # three points per epoch on the curve
+    c.eval_every_steps, c.eval_every_epochs = None, 1.0
+    c.checkpoint_every_steps, c.checkpoint_every_epochs = None, 1.0
     return lock(c)

@@ -283,6 +283,7 @@ class Checkpointer:
                 value, reason = read(step), None
             except _Unreadable as e:
                 value, reason = None, str(e)
+                _ignore_closed_loop_from_now()
             if not _on_every_process(reason is None):
                 # Every process must resume from the same step, or the first collective hangs.
                 skipped.append(Skipped(step, reason or "unreadable on another process"))
@@ -533,21 +534,26 @@ class _IgnoreClosedLoop:
 
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-    """While Orbax saves or restores: _DropReported on the absl and asyncio loggers and
-    _IgnoreClosedLoop as sys.unraisablehook, each removed again on the way out."""
+    """While Orbax saves or restores: _DropReported on the absl and asyncio loggers, removed
+    again on the way out."""
     loggers = [logging.getLogger("absl"), logging.getLogger("asyncio")]
     drop = _DropReported()
-    previous_hook = sys.unraisablehook
     for logger in loggers:
         logger.addFilter(drop)
-    sys.unraisablehook = _IgnoreClosedLoop(previous_hook)
     try:
         yield
     finally:
         for logger in loggers:
             logger.removeFilter(drop)
-        if isinstance(sys.unraisablehook, _IgnoreClosedLoop):
-            sys.unraisablehook = sys.unraisablehook.previous
+
+
+def _ignore_closed_loop_from_now() -> None:
+    """Once a step has failed to read, for the rest of the process: _IgnoreClosedLoop as
+    sys.unraisablehook. The late reads of the failed restore report at any moment up to the
+    process's exit, long after the restore returned, so no narrower scope catches them; a
+    process that never meets a damaged checkpoint never gets the hook."""
+    if not isinstance(sys.unraisablehook, _IgnoreClosedLoop):
+        sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
 
 
 def _quiet_after_failed_save() -> None:

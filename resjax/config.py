@@ -88,9 +88,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- logging, eval, checkpoints: every N steps (0 = never), or, where the steps are set
     # to None, every N epochs (converted once the data's steps per epoch are known) ---
-    c.log_every_steps = 100
-    c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 1000
+    # (typed references, so that a config may set one to None and the command line still
+    # type-checks `--config.eval_every_steps=N`)
+    c.log_every_steps = config_dict.FieldReference(100, field_type=int)
+    c.eval_every_steps = config_dict.FieldReference(1000, field_type=int)
+    c.checkpoint_every_steps = config_dict.FieldReference(1000, field_type=int)
     c.diagnostics_every_steps = 0  # 0 = off
     c.log_every_epochs = config_dict.placeholder(float)
     c.eval_every_epochs = config_dict.placeholder(float)

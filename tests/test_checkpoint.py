@@ -2,8 +2,8 @@
 mid-save loses nothing, a mismatched workdir is refused, and export round-trips. Then real
 faults: damaged files in the newest step (it is moved aside and the step before resumes,
 bitwise), a full and a read-only filesystem (a tmpfs the test mounts; the suite runs as root),
-and a SIGTERM/SIGINT at each named moment of a run (the run signals itself there:
-RESJAX_TEST_HOOK)."""
+and a SIGTERM/SIGINT at each named moment of a run (the run signals itself there: tests/faults.py
+wraps the functions the loop calls at that moment; resjax knows nothing of it)."""
 
 import hashlib
 import json
@@ -14,73 +14,42 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
+import faults
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import FMNIST_RECIPE, tiny_run, trained_variables
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from processes import reached_before_exit, read_until, run, start
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from resjax import checkpoint, cli, evaluate, export
+from resjax import checkpoint, evaluate, export
 from resjax.models import load_params
-from resjax.sweeps.points import apply_overrides, load_config
 from resjax.training import Preempted, train_and_evaluate
 from resjax.training.metric_writer import MetricWriteError, MetricWriter
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def train_cmd(workdir, data_dir, *extra, steps=60, every=10):
-    """`python -m resjax.train` on a ResNet-8 of width 4 and 512 Fashion-MNIST images."""
-    return [
-        sys.executable,
-        "-m",
-        "resjax.train",
-        "--config=configs/fashion_mnist_resnet.py:resnet8",
-        f"--workdir={workdir}",
-        f"--config.data.dir={data_dir}",
-        "--config.data.train_split=train[:512]",
-        "--config.data.test_split=test[:64]",
-        "--config.data.val_examples=64",
-        "--config.model.overrides.widths=(4, 4, 8)",
-        "--config.model.overrides.stem_width=4",
-        f"--config.total_steps={steps}",
-        "--config.batch_size=32",
-        "--config.eval_batch_size=32",
-        "--config.log_every_steps=10",
-        "--config.eval_every_steps=20",
-        f"--config.checkpoint_every_steps={every}",
-        "--config.keep_checkpoints=3",
-        *extra,
-    ]
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, **kw)
-
-
-def start(cmd, **env_vars):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_vars}
-    return subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+def tiny(data_dir, steps=60, every=10, **changes):
+    """The tiny run (conftest.py) on the shipped Fashion-MNIST recipe, `steps` long,
+    checkpointed every `every` steps (the latest three kept), logged every 10, evaluated every
+    20."""
+    cadence = dict(log_every_steps=10, eval_every_steps=20, keep_checkpoints=3)
+    return tiny_run(
+        data_dir,
+        base=FMNIST_RECIPE,
+        **{**cadence, "total_steps": steps, "checkpoint_every_steps": every, **changes},
     )
 
 
-def wait_for(predicate, proc, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.01)
-    raise TimeoutError("condition not reached")
+def train_cmd(workdir, data_dir, *extra, steps=60, every=10):
+    """`python -m resjax.train` of `tiny(...)` in `workdir`, then `extra` flags."""
+    return tiny(data_dir, steps, every).command(workdir, *extra)
 
 
 def steps_on_disk(workdir):
@@ -90,9 +59,7 @@ def steps_on_disk(workdir):
     )
 
 
-def params_of(workdir):
-    _, variables = checkpoint.load_variables(workdir)
-    return variables
+params_of = trained_variables
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +73,7 @@ def uninterrupted(fashion_mnist_dir, tmp_path_factory):
 
 def test_killed_and_resumed_run_is_bitwise_identical(uninterrupted, fashion_mnist_dir, tmp_path):
     proc = start(train_cmd(tmp_path, fashion_mnist_dir))
-    reached = wait_for(lambda: any(0 < s < 60 for s in steps_on_disk(tmp_path)), proc)
+    reached = reached_before_exit(proc, lambda: any(0 < s < 60 for s in steps_on_disk(tmp_path)))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert reached, "the run finished before it could be killed"
@@ -125,8 +92,7 @@ def test_killed_and_resumed_run_is_bitwise_identical(uninterrupted, fashion_mnis
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_exits_zero(fashion_mnist_dir, tmp_path, sig):
     proc = start(train_cmd(tmp_path, fashion_mnist_dir, steps=100_000, every=10_000))
-    reached = wait_for(lambda: "step 10/" in (proc.stdout.readline() or ""), proc)
-    assert reached
+    read_until(proc, "step 10/")
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
@@ -145,7 +111,7 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint(fashion_mnist_dir, tm
         names = [p.name for p in folder.iterdir()] if folder.exists() else []
         return any("tmp" in n for n in names) and any(n.isdigit() for n in names)
 
-    wait_for(saving_after_a_complete_one, proc)
+    reached_before_exit(proc, saving_after_a_complete_one)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     complete = steps_on_disk(tmp_path)
@@ -165,9 +131,8 @@ def test_mismatched_workdir_is_refused_and_untouched(uninterrupted, fashion_mnis
     before = {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*") if p.is_file()}
     deeper = run(train_cmd(uninterrupted, fashion_mnist_dir).copy())
     assert deeper.returncode == 0 and "already finished at step 60" in deeper.stdout
-    cmd = train_cmd(uninterrupted, fashion_mnist_dir)
-    cmd[3] = "--config=configs/fashion_mnist_resnet.py:resnet14"
-    result = run(cmd)
+    deeper_net = tiny(fashion_mnist_dir, **{"model.name": "resnet14"})
+    result = run(deeper_net.command(uninterrupted))
     assert result.returncode == 1
     assert "holds a checkpoint of resnet8" in result.stderr and "asks for resnet14" in result.stderr
     other_lr = run(train_cmd(uninterrupted, fashion_mnist_dir, "--config.optim.lr=0.5"))
@@ -177,8 +142,6 @@ def test_mismatched_workdir_is_refused_and_untouched(uninterrupted, fashion_mnis
 
 
 def test_more_steps_on_resume_is_allowed_and_recorded(uninterrupted, fashion_mnist_dir, tmp_path):
-    import shutil
-
     workdir = tmp_path / "extended"
     shutil.copytree(uninterrupted, workdir)
     result = run(train_cmd(workdir, fashion_mnist_dir, steps=70))
@@ -203,7 +166,7 @@ def test_export_round_trips_to_the_same_logits(uninterrupted, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     portable = load_params(out)
-    config, variables = checkpoint.load_variables(uninterrupted)
+    variables = trained_variables(uninterrupted)
     assert portable.model_name == "resnet8" and portable.config["model"]["name"] == "resnet8"
     x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype(np.float32)
     model = portable.model()
@@ -323,9 +286,8 @@ def test_a_damaged_newest_step_is_moved_aside_and_the_one_before_restores(
     workdir = copy_run(uninterrupted, tmp_path)
     folder = workdir / "checkpoints"
     damaged = damage(folder / "60").relative_to(folder / "60")
-    ckpt = checkpoint.Checkpointer(workdir, keep=3)
-    restored = ckpt.restore(abstract_state(uninterrupted), replicated())
-    ckpt.close()
+    with checkpoint.Checkpointer(workdir, keep=3) as ckpt:
+        restored = ckpt.restore(abstract_state(uninterrupted), replicated())
 
     assert restored.step == 50
     [skipped] = restored.skipped
@@ -425,12 +387,13 @@ def remount(mnt, mode):
     subprocess.run(["mount", "-o", f"remount,{mode}", str(mnt)], check=True)
 
 
-def run_paused(cmd, marker, at, fault):
-    """Runs `cmd` until the test hook pauses it at `at`, applies `fault`, lets it go on; returns
-    (exit status, stderr, snapshot of the checkpoints taken at the pause)."""
-    proc = start(cmd, RESJAX_TEST_HOOK=f"{at}:pause={marker}")
-    assert wait_for(marker.exists, proc, timeout=600), proc.communicate()[1][-3000:]
-    folder = Path(cmd[4].removeprefix("--workdir=")) / "checkpoints"
+def run_paused(run_, workdir, marker, at, fault):
+    """Runs `run_` in `workdir` in a process of its own until it pauses at `at` (tests/faults.py),
+    applies `fault`, lets it go on; returns (exit status, stderr, snapshot of the checkpoints
+    taken at the pause)."""
+    proc = start(faults.command(f"{at}:pause={marker}", run_.command(workdir)[3:]))
+    assert reached_before_exit(proc, marker.exists, timeout_s=600), proc.communicate()[1][-3000:]
+    folder = workdir / "checkpoints"
     before = snapshot(folder)
     fault()
     marker.unlink()
@@ -442,25 +405,16 @@ def run_paused(cmd, marker, at, fault):
     return proc.returncode, stderr, before
 
 
-def config_of(cmd):
-    """The config `python -m resjax.train` builds from `cmd`, for a rerun in this process."""
-    spec = str(ROOT / cmd[3].removeprefix("--config="))
-    config = load_config(spec)
-    apply_overrides(config, cli.config_overrides(spec, cmd[5:]), "test")
-    return config
-
-
 def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_is_exact(
     uninterrupted, fashion_mnist_dir, tmpfs, tmp_path
 ):
     workdir = tmpfs / "run"
     # No metrics between the saves, so the save at step 30 is the first write to fail.
-    cmd = train_cmd(workdir, fashion_mnist_dir, "--config.log_every_steps=60")
-    cmd.append("--config.eval_every_steps=0")
+    run_ = tiny(fashion_mnist_dir, log_every_steps=60, eval_every_steps=0)
     # Room for small files, not for a checkpoint: the save starts, and its writes fail in
     # Orbax's background threads.
     status, stderr, before = run_paused(
-        cmd, tmp_path / "paused", "after_save@20", lambda: fill(tmpfs, leave=64 << 10)
+        run_, workdir, tmp_path / "paused", "after_save@20", lambda: fill(tmpfs, leave=64 << 10)
     )
     folder = workdir / "checkpoints"
     assert status == 1
@@ -472,7 +426,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_is_exact(
     assert snapshot(folder) == before and steps_on_disk(workdir) == [10, 20]
 
     (tmpfs / "filler").unlink()
-    train_and_evaluate(config_of(cmd), workdir)  # the same command, rerun
+    train_and_evaluate(run_.config(), workdir)  # the same command, rerun
     assert json.loads((workdir / "resume_log.jsonl").read_text())["resumed_at_step"] == 20
     jax.tree.map(np.testing.assert_array_equal, params_of(workdir), params_of(uninterrupted))
 
@@ -483,10 +437,9 @@ def test_a_read_only_workdir_stops_the_run_and_a_damaged_step_is_skipped_on_reru
     workdir = tmpfs / "run"
     # As above, the save at step 30 is the first write; here it fails before Orbax writes
     # anything (the metric writers' own failures: the test after this one).
-    cmd = train_cmd(workdir, fashion_mnist_dir, "--config.log_every_steps=60")
-    cmd.append("--config.eval_every_steps=0")
+    run_ = tiny(fashion_mnist_dir, log_every_steps=60, eval_every_steps=0)
     status, stderr, before = run_paused(
-        cmd, tmp_path / "paused", "after_save@20", lambda: remount(tmpfs, "ro")
+        run_, workdir, tmp_path / "paused", "after_save@20", lambda: remount(tmpfs, "ro")
     )
     assert status == 1
     assert console(stderr) == [
@@ -500,7 +453,7 @@ def test_a_read_only_workdir_stops_the_run_and_a_damaged_step_is_skipped_on_reru
     remount(tmpfs, "rw")
     truncate(data_file(workdir / "checkpoints" / "20"))
     capfd.readouterr()
-    train_and_evaluate(config_of(cmd), workdir)  # the same command, rerun (in this process)
+    train_and_evaluate(run_.config(), workdir)  # the same command, rerun (in this process)
     lines = console(capfd.readouterr().err)  # what reached the file descriptor, not just Python
     assert len(lines) == 1, lines
     assert lines[0].startswith("warning: the checkpoint at step 20 cannot be restored (state/d/")
@@ -564,16 +517,19 @@ def test_metric_writers_fail_in_one_line_on_a_full_or_read_only_disk(tmpfs, tmp_
 def test_a_signal_at_any_moment_saves_or_finishes_and_the_end_is_exact(
     uninterrupted, fashion_mnist_dir, tmp_path, monkeypatch, capsys
 ):
-    # One run, preempted at one moment after another (RESJAX_TEST_HOOK: the run signals itself
+    # One run, preempted at one moment after another (tests/faults.py: the run signals itself
     # there), each time rerun; it must end bitwise where the uninterrupted run ended.
     workdir = tmp_path / "run"
-    config = config_of(train_cmd(workdir, fashion_mnist_dir))
+    config = tiny(fashion_mnist_dir).config()
 
-    def preempted(hook):
-        monkeypatch.setenv("RESJAX_TEST_HOOK", hook)
-        with pytest.raises(Preempted) as stop:
-            train_and_evaluate(config, workdir)
-        assert stop.value.code == 0  # what a scheduler sees: requeue, not a failure
+    def in_this_run(spec, run_dir=workdir):
+        with monkeypatch.context() as patches:
+            faults.inject(spec, patches.setattr)
+            return train_and_evaluate(config, run_dir)
+
+    def preempted(spec):
+        with pytest.raises(Preempted) as stop:  # the command exits 0 on it: requeue
+            in_this_run(spec)
         return stop.value.message
 
     def saved(sig, step):
@@ -598,12 +554,11 @@ def test_a_signal_at_any_moment_saves_or_finishes_and_the_end_is_exact(
     capsys.readouterr()
 
     # While the run finishes (final evaluation, final save), a signal does not stop it.
-    monkeypatch.setenv("RESJAX_TEST_HOOK", "final_eval:SIGINT")
-    results = train_and_evaluate(config, workdir)
+    results = in_this_run("final_eval:SIGINT")
     finished = f"arrived while the run was finishing; it finished at step 60 (results in {workdir}"
     assert f"SIGINT {finished}" in capsys.readouterr().err
-    monkeypatch.setenv("RESJAX_TEST_HOOK", "during_final_save:SIGTERM")
-    assert train_and_evaluate(config, tmp_path / "at50")["test_error"] == results["test_error"]
+    at50 = in_this_run("during_final_save:SIGTERM", tmp_path / "at50")
+    assert at50["test_error"] == results["test_error"]
     assert f"SIGTERM {finished.replace(str(workdir), str(tmp_path / 'at50'))}" in (
         capsys.readouterr().err
     )

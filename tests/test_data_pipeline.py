@@ -16,7 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from resjax import data, optim
 from resjax.config import base_config
 from resjax.data import augment, sources
-from resjax.training import create_train_state, for_config
+from resjax.training import create_train_state, parallel
+from resjax.training.step import sum_over_batches
 
 
 def make_splits(n=100, shape=(8, 8, 3), n_test=23, normalize=True) -> data.Splits:
@@ -234,25 +235,29 @@ def test_normalisation_on_the_device_gives_the_bits_of_normalisation_on_the_host
     config.eval_batch_size = 8
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))  # one device: the cheapest compile
     tx = optim.make_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 9, ()))
-    model = for_config(config, mesh).build_model(config, splits.num_classes)
+    model = parallel.build_model(config, splits.num_classes)
     initial = create_train_state(
         config, model, tx, splits.image_shape, NamedSharding(mesh, PartitionSpec())
     )
     runs = []
     for on_host in (True, False):
-        par = for_config(config, mesh, splits=None if on_host else splits)
+        normalize = None if on_host else splits.normalize_images
+        train_step = parallel.compile_train_step(config, mesh, normalize)
         state = jax.tree.map(jnp.copy, initial)  # the step donates its input
         it = data.TrainIterator(splits, 16, 0, config.data, mesh=mesh, normalize_on_host=on_host)
-        metrics = par.empty_metrics()
+        metrics = train_step.empty_metrics()
         for _ in range(2):
             batch = next(it)
             assert batch["image"].dtype == (np.float32 if on_host else np.uint8)
-            state, metrics = par.step(state, batch, metrics)
-        evaluation = par.evaluate(state, splits.test, splits, config)
+            state, metrics = train_step.run(state, batch, metrics)
+        batches = data.eval_batches(
+            splits.test, splits, config.eval_batch_size, mesh, normalize_on_host=on_host
+        )
+        evaluation = sum_over_batches(parallel.compile_eval_step(mesh, normalize), state, batches)
         runs.append((jax.device_get(state.params), jax.device_get(state.batch_stats), evaluation))
         if not on_host:
-            with pytest.raises(ValueError, match=r"uint8 images reached the step .*splits=splits"):
-                for_config(config, mesh).step(state, batch, metrics)  # no statistics: refused
+            with pytest.raises(ValueError, match=r"uint8 images reached the step .*normalize_images"):
+                parallel.compile_train_step(config, mesh).run(state, batch, metrics)  # refused
     jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
 
 

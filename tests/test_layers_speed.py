@@ -245,15 +245,24 @@ def _python(code, **env):
     return proc.stdout.strip().splitlines()[-1]
 
 
-def test_importing_resjax_sets_flags_that_xla_accepts():
+def test_the_commands_call_sets_flags_that_xla_accepts_and_importing_sets_none():
     if xla_flags._jaxlib_release() not in xla_flags.JAXLIB_TESTED:
         pytest.skip("defaults are only added on the jaxlib releases they were measured on")
+    # What every command does first (resjax.cli.run), and a library user's one call.
     code = (
-        "import os, resjax, jax, jax.numpy as jnp; jax.jit(lambda a: a + 1)(jnp.ones(3));"
-        "from resjax import xla_flags; print(xla_flags.status(), '|', os.environ['XLA_FLAGS'])"
+        "import os, jax, jax.numpy as jnp; from resjax import xla_flags; "
+        "xla_flags.apply_defaults(); jax.jit(lambda a: a + 1)(jnp.ones(3)); "
+        "print(xla_flags.status(), '|', os.environ['XLA_FLAGS'])"
     )
     assert _python(code) == f"added {FLAG} | {FLAG}"
-    late = "import jax; jax.numpy.ones(1); import resjax; print(resjax.xla_flags.status())"
+    imported = (
+        "import os, resjax, resjax.models, resjax.training; "
+        "print(resjax.xla_flags.status(), '|', os.environ.get('XLA_FLAGS'))"
+    )
+    assert _python(imported) == (
+        "not applied (resjax.xla_flags.apply_defaults() not called) | None"
+    )
+    late = "import jax; jax.numpy.ones(1); from resjax import xla_flags; print(xla_flags.apply_defaults())"
     assert "backends had started" in _python(late)
 
 

@@ -4,15 +4,14 @@ train_and_evaluate, the command line."""
 import importlib.util
 import json
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import processes
 import pytest
-from conftest import use_xla_cache
+from conftest import FMNIST_RECIPE, ROOT, tiny_run, trained_variables, use_xla_cache
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -20,37 +19,17 @@ from resjax import optim, xla_flags
 from resjax.config import base_config
 from resjax.training import (
     NonFiniteLossError,
+    Preempted,
     create_train_state,
-    for_config,
     loop,
+    parallel,
     train_and_evaluate,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def tiny_config(fashion_mnist_dir=None, **changes):
-    """A ResNet-8 of width 4 on 512 Fashion-MNIST images: seconds per run on 4 fake devices."""
-    c = base_config()
-    c.model.name = "resnet8"
-    c.model.overrides.widths = (4, 8, 8)
-    c.model.overrides.stem_width = 4
-    c.batch_size = 32
-    c.eval_batch_size = 64
-    c.total_steps = 4
-    c.log_every_steps = 2
-    c.eval_every_steps = 2
-    c.data.dir = str(fashion_mnist_dir) if fashion_mnist_dir else None
-    c.data.train_split = "train[:512]"
-    c.data.test_split = "test[:128]"
-    c.data.val_examples = 64
-    for key, value in changes.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return c
+    """The tiny run's config (conftest.py) with `changes`."""
+    return tiny_run(fashion_mnist_dir, **changes).config()
 
 
 def _batches(n, batch_size=16, seed=0):
@@ -66,7 +45,7 @@ def _batches(n, batch_size=16, seed=0):
 
 def _run_steps(config, mesh, batches):
     """Trains on `batches` with `config`'s parallelism; returns (host state, per-step losses)."""
-    parallel = for_config(config, mesh)
+    train_step = parallel.compile_train_step(config, mesh)
     model = parallel.build_model(config, num_classes=10)
     model = model.clone(stem_width=4, widths=(4, 4, 8))
     schedule = optim.learning_rate_schedule(config.optim, 100, ())
@@ -75,17 +54,17 @@ def _run_steps(config, mesh, batches):
         model,
         optim.make_optimizer(config.optim, schedule),
         (12, 12, 1),
-        parallel.replicated,
+        NamedSharding(mesh, P()),
     )
-    state = parallel.device_state(state)
+    state = train_step.step_state(state)
     losses = []
     for batch in batches:
-        if config.parallelism == "jit":
+        if train_step.data_mesh is not None:  # global arrays; pmap splits host batches itself
             batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
-        metrics = parallel.empty_metrics()
-        state, metrics = parallel.step(state, batch, metrics)
-        losses.append(float(parallel.fetch_metrics(metrics)["loss"]))
-    return jax.device_get(parallel.host_state(state)), np.array(losses)
+        metrics = train_step.empty_metrics()
+        state, metrics = train_step.run(state, batch, metrics)
+        losses.append(float(train_step.read_metrics(metrics)["loss"]))
+    return jax.device_get(train_step.global_state(state)), np.array(losses)
 
 
 def _mesh(n=None):
@@ -123,15 +102,19 @@ def test_global_bn_equals_one_device_and_ghost_bn_differs():
 
 
 def test_the_parallelism_is_chosen_once_from_the_config():
-    assert type(for_config(tiny_config())).__name__ == "Jit"
-    assert type(for_config(tiny_config(bn_stats="per_device"))).__name__ == "JitPerDeviceBN"
-    pmap = for_config(tiny_config(parallelism="pmap"))
-    assert pmap.bn_axis_name == "batch" and pmap.data_mesh is None
-    assert for_config(tiny_config(parallelism="pmap", bn_stats="per_device")).bn_axis_name is None
+    def chosen(**changes):
+        config = tiny_config(**changes)
+        step = parallel.compile_train_step(config, _mesh())
+        return step.name, parallel.bn_axis_name(config), step.data_mesh is not None
+
+    assert chosen() == ("jit", None, True)
+    assert chosen(bn_stats="per_device") == ("jit+shard_map", None, True)
+    assert chosen(parallelism="pmap") == ("pmap", "batch", False)
+    assert chosen(parallelism="pmap", bn_stats="per_device") == ("pmap", None, False)
     with pytest.raises(
         ValueError, match="unknown config.parallelism 'jjit'; allowed: 'jit', 'pmap'"
     ):
-        for_config(tiny_config(parallelism="jjit"))
+        chosen(parallelism="jjit")
 
 
 def test_weight_decay_and_schedules():
@@ -210,29 +193,17 @@ def test_every_config_file_builds_and_is_locked(path):
     config = module.get_config()
     assert config.is_locked
     assert module.__doc__ and "python -m resjax.train" in module.__doc__
-    for_config(config).build_model(config, num_classes=10)  # the model it names exists
-
-
-def _cli(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "resjax.train", *args], capture_output=True, text=True, cwd=cwd
-    )
+    parallel.build_model(config, num_classes=10)  # the model it names exists
 
 
 def test_cli_trains_a_tiny_run(fashion_mnist_dir, tmp_path):
-    result = _cli(
-        "--config=configs/fashion_mnist_resnet.py:resnet8",
-        f"--workdir={tmp_path}",
-        f"--config.data.dir={fashion_mnist_dir}",
-        "--config.data.train_split=train[:256]",
-        "--config.data.test_split=test[:64]",
-        "--config.data.val_examples=0",
-        "--config.model.overrides.widths=(4, 4, 8)",
-        "--config.model.overrides.stem_width=4",
-        "--config.total_steps=3",
-        "--config.batch_size=32",
-        "--config.eval_batch_size=32",
+    run = tiny_run(
+        fashion_mnist_dir,
+        base=FMNIST_RECIPE,
+        total_steps=3,
+        **{"data.train_split": "train[:256]", "data.val_examples": 0},
     )
+    result = processes.run(run.command(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resnet8 (residual, depth 8)" in result.stdout
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 3
@@ -244,12 +215,10 @@ def _error_with_recomputed_bn_statistics(config, workdir, batches=8, batch_size=
     """Test error of a run's final weights with every BN's statistics recomputed from them: the
     mean over `batches` training batches of each batch's own statistics (what a network with BN
     momentum 0 stores), the reference that the running averages are judged against."""
-    from resjax import checkpoint, data, models
+    from resjax import data, models
 
-    _, variables = checkpoint.load_variables(workdir)
-    splits = data.load_splits(
-        config.data, train_split=config.data.train_split, test_split=config.data.test_split
-    )
+    variables = trained_variables(workdir)
+    splits = data.load_splits(config.data)
     overrides = {k: v for k, v in config.model.overrides.items() if v is not None}
     overrides.setdefault("num_classes", splits.num_classes)
     model = models.get_model(config.model.name, dtype=config.dtype, **overrides)
@@ -341,3 +310,51 @@ def test_persistent_compilation_cache_is_written(
     finally:
         use_xla_cache(xla_cache)
     assert any(cache.iterdir())
+
+
+def test_importing_resjax_changes_nothing_global():
+    # Another project imports resjax's models (or its trainer): its environment, signal
+    # handlers, log filters and unraisable-exception hook stay its own.
+    code = """
+import logging, os, signal, sys
+import flax, jax, optax, orbax.checkpoint, tensorflow_datasets
+
+def world():
+    return (
+        os.environ.get("XLA_FLAGS"),
+        sys.unraisablehook,
+        signal.getsignal(signal.SIGTERM),
+        signal.getsignal(signal.SIGINT),
+        [list(logging.getLogger(n).filters) for n in ("", "absl", "asyncio")],
+    )
+
+before = world()
+import resjax, resjax.models, resjax.training, resjax.checkpoint, resjax.sweeps.runner
+print(world() == before, os.environ.get("XLA_FLAGS"))
+"""
+    env = processes.environ(XLA_FLAGS=None)
+    result = processes.run([sys.executable, "-c", code], env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "None"]
+
+
+def test_preempted_is_an_ordinary_exception_that_the_command_maps_to_exit_zero(monkeypatch):
+    from resjax import train
+
+    assert issubclass(Preempted, Exception) and not issubclass(Preempted, SystemExit)
+
+    def preempted(config, workdir):
+        raise Preempted("SIGTERM: saved a checkpoint at step 3 in here")
+
+    monkeypatch.setattr(train, "_train", lambda argv: preempted(None, None))
+    assert train.main(["resjax.train"]) == 0
+
+
+def test_cadences_in_epochs_are_converted_once_and_steps_win():
+    config = tiny_config(
+        eval_every_steps=None, eval_every_epochs=1.0, log_every_steps=None, log_every_epochs=1 / 3
+    )
+    assert loop.every_steps(config, "eval", 429) == 429
+    assert loop.every_steps(config, "log", 429) == 143
+    assert loop.every_steps(config, "checkpoint", 429) == config.checkpoint_every_steps
+    assert loop.every_steps(tiny_config(diagnostics_every_steps=0), "diagnostics", 429) == 0

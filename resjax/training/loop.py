@@ -29,13 +29,13 @@ import ml_collections
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
-from resjax import checkpoint, data, models, optim, resume, xla_flags
+from resjax import checkpoint, data, hyperparameters, models, optim, resume, xla_flags
 from resjax.models.conv import use_cpu_convs
 from resjax.training import parallel
 from resjax.training.metric_writer import MetricWriter, Progress
 from resjax.training.preemption import Preempted, PreemptionWatch
 from resjax.training.step import TrainState, create_train_state, sum_over_batches
-from resjax.workdir import CONFIG, ENVIRONMENT, RESULTS, check_writable, write_json
+from resjax.workdir import CONFIG, ENVIRONMENT, RESULTS, check_run_dir, check_writable, write_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,6 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     selection (the best checkpoint) uses.
     """
     workdir = Path(workdir)
+    check_run_dir(workdir)  # a user's own folder of results is not written over
     check_workdir(workdir)
     use_compilation_cache(config.get("compilation_cache_dir"))
     lead = jax.process_index() == 0
@@ -72,6 +73,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         )
         cleanup.callback(train_iter.close)
         steps_per_epoch = train_iter.steps_per_epoch
+        # Lengths in epochs are only comparable with the run now; a given total_steps was
+        # checked with its schedule by the command (and may cut a longer schedule short).
+        hyperparameters.check(config, steps_per_epoch, truncated=config.total_steps is not None)
         total_steps = optim.steps_from(config, steps_per_epoch)
         log_every, eval_every, checkpoint_every, diagnostics_every = (
             every_steps(config, name, steps_per_epoch)
