@@ -4,6 +4,7 @@ own evaluation step, device-parallel against one point at a time, resumed agains
 linear model's gradient correlation."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -159,7 +160,9 @@ def test_filter_normalised_directions():
     norms_w, norms_d = directions.filter_norms(w), directions.filter_norms(d)
     kernels = [x for x in jax.tree.leaves(w) if x.ndim >= 2]  # filter_norms: None for the rest
     assert len(kernels) == len(jax.tree.leaves(norms_w)) == len(jax.tree.leaves(norms_d)) > 5
-    for leaf, nd, nw in zip(kernels, jax.tree.leaves(norms_d), jax.tree.leaves(norms_w), strict=False):
+    for leaf, nd, nw in zip(
+        kernels, jax.tree.leaves(norms_d), jax.tree.leaves(norms_w), strict=False
+    ):
         assert nd.shape == (leaf.shape[-1],)  # one norm per output channel: the last axis
         np.testing.assert_allclose(nd, nw, rtol=1e-5)
     for leaf_d, leaf_w in zip(jax.tree.leaves(d), jax.tree.leaves(w), strict=False):
@@ -360,3 +363,107 @@ def test_interpolation_ends_are_the_initial_and_final_weights(tiny_landscape):
         [_eval_loss(run, examples, start)[0], _eval_loss(run, examples, end)[0]],
         rtol=1e-5,
     )
+
+
+# --- the command ---
+
+
+def test_landscape_command_writes_and_resumes(weights_file, fashion_mnist_dir, tmp_path, capsys):
+    from resjax.trainability.__main__ import main
+
+    out = tmp_path / "land"
+    args = [
+        "landscape",
+        str(weights_file),
+        "--out",
+        str(out),
+        "--examples=48",
+        "--batch-size=32",
+        "--resolution=3",
+        f"--data-dir={fashion_mnist_dir}",
+        "--save-every-s=0",
+    ]
+    assert main(args) == 0
+    for name in ("plane.json", "plane.csv", "plane.png", "plane_3d.png", "resnet8_plane.npz"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "plane.json").read_text())["runs"][0]
+    assert summary["points_done"] == 9 and summary["examples"]["count"] == 48
+    assert summary["examples"]["which"].startswith("examples [0, 48) of the training part")
+    before = (out / "resnet8_plane.npz").stat().st_mtime_ns
+    assert main(args) == 0  # finished: redrawn, not recomputed
+    assert (out / "resnet8_plane.npz").stat().st_mtime_ns == before
+    assert main([*args[:-3], "--resolution=5", *args[-2:]]) == 1  # another grid in the same file
+    assert "holds a grid of other axes" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "landscape",
+                str(weights_file),
+                "--out",
+                str(out),
+                "--kind=interpolation",
+                "--examples=48",
+                "--resolution=3",
+                f"--data-dir={fashion_mnist_dir}",
+            ]
+        )
+        == 0
+    )
+    line = json.loads((out / "interpolation.json").read_text())["runs"][0]
+    assert {"loss_at_end", "max_above_chord", "loss_at_origin"} <= set(line)
+
+
+def test_curvature_command(weights_file, fashion_mnist_dir, tmp_path):
+    from resjax.trainability.__main__ import main
+
+    out = tmp_path / "curv"
+    assert (
+        main(
+            [
+                "curvature",
+                str(weights_file),
+                "--out",
+                str(out),
+                "--examples=32",
+                "--top-k=2",
+                "--lanczos-steps=4",
+                "--trace-probes=2",
+                "--slq-probes=1",
+                "--slq-steps=4",
+                f"--data-dir={fashion_mnist_dir}",
+            ]
+        )
+        == 0
+    )
+    (estimate,) = json.loads((out / "curvature.json").read_text())["estimates"]
+    assert estimate["examples"]["count"] == 32 and estimate["hvps"] == 4 + 2 + 4
+    assert estimate["lanczos"]["eigenvalues"][0] >= estimate["lanczos"]["eigenvalues"][1]
+    assert (out / "curvature.csv").is_file() and (out / "curvature_vs_depth.png").is_file()
+
+
+def test_bad_input_is_one_error_line(weights_file, tmp_path, capsys):
+    from resjax.trainability.__main__ import main
+
+    assert main(["landscape", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'nothing'} does not exist (expected a weights file or a workdir)\n"
+    )
+    assert (
+        main(
+            [
+                "curvature",
+                str(weights_file),
+                "--out",
+                str(tmp_path),
+                "--top-k=9",
+                "--lanczos-steps=4",
+            ]
+        )
+        == 1
+    )
+    assert "top-k (9) cannot exceed the Lanczos steps (4)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["landscape", str(weights_file), "--out", str(tmp_path), "--range=1"])
+    assert e.value.code == 2
+    assert "expected LOW,HIGH" in capsys.readouterr().err

@@ -516,6 +516,8 @@ def gradient_correlation(
                 )
                 row["wall_s"] = round(time.perf_counter() - started, 1)
                 rows.append(row)
+                # Written after every net: a long job that stops leaves what it measured.
+                _write_json(out / "gradient_correlation.json", {"config": config, "runs": rows})
                 progress(
                     f"{row['net']} seed {seed}: neighbour correlation "
                     f"{row['neighbour_correlation']:.3f}, pairs {row['pair_correlation']:.3f}"
@@ -548,7 +550,7 @@ def _gradcorr_at_init(
         config.data.dir = data_dir
     key = json.dumps(config.data.to_dict(), sort_keys=True, default=str)
     if key not in splits_cache:
-        splits_cache[key] = data.load_splits(config.data, train_split=config.data.train_split)
+        splits_cache[key] = data.load_splits(config.data)
     splits = splits_cache[key]
     need = max(2 * lines, pool, calibration)
     if need > len(splits.train):

@@ -10,7 +10,6 @@ recompute a number.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from resjax import checkpoint, data
+from resjax import data, weights
 from resjax.evaluate import data_config_of
 from resjax.models import load_params
 from resjax.models.portable import Portable
@@ -65,42 +64,16 @@ def load_run(path: str | Path, *, step: int | None = None) -> Run:
     if not path.is_dir():
         if step is not None:
             raise ValueError(f"{path} is a weights file: it has no steps to choose from")
-        weights = load_params(path)
-        return Run(label_of(weights), str(path), None, weights)
-    loaded = _load_checkpoint(path, step)
-    weights = loaded.portable()
-    return Run(label_of(weights), str(path), loaded.step, weights)
+        portable = load_params(path)
+        return Run(label_of(portable), str(path), None, portable)
+    loaded = weights.load_checkpoint(path, step=step)
+    portable = loaded.portable()
+    return Run(label_of(portable), str(path), loaded.step, portable)
 
 
 def kept_steps(workdir: str | Path) -> list[int]:
     """The complete checkpoints of a run, oldest first."""
-    steps_of = getattr(checkpoint, "checkpoint_steps", None)
-    if steps_of is not None:
-        return sorted(steps_of(workdir))
-    return sorted(checkpoint.Checkpointer(workdir, track_best=False).steps_on_disk())
-
-
-def _load_checkpoint(workdir: Path, step: int | None) -> checkpoint.Loaded:
-    if step is None:
-        return checkpoint.load_checkpoint(workdir, "latest")
-    if "step" in inspect.signature(checkpoint.load_checkpoint).parameters:
-        return checkpoint.load_checkpoint(workdir, step=step)
-    # Until the checkpoint module reads a chosen step itself: its host reader, offered only
-    # this step (it reads without changing the workdir, as load_checkpoint does).
-    if step not in kept_steps(workdir):
-        raise FileNotFoundError(
-            f"no checkpoint at step {step} in {workdir}; kept steps: {kept_steps(workdir)}"
-        )
-    ckpt = checkpoint.Checkpointer(workdir, track_best=False)
-    ckpt.steps_by_preference = lambda which: [step]
-    found = ckpt.read_host("latest")
-    variables = {k: found.state[k] for k in ("params", "batch_stats")}
-    return checkpoint.Loaded(
-        config=ml_collections.ConfigDict(found.meta["config"]),
-        variables=jax.tree.map(np.asarray, variables),
-        step=found.step,
-        skipped=found.skipped,
-    )
+    return weights.checkpoint_steps(workdir)
 
 
 def initial_variables(run: Run, image_shape: tuple[int, int, int]) -> dict[str, Any]:
