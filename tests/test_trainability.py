@@ -467,3 +467,22 @@ def test_bad_input_is_one_error_line(weights_file, tmp_path, capsys):
         main(["landscape", str(weights_file), "--out", str(tmp_path), "--range=1"])
     assert e.value.code == 2
     assert "expected LOW,HIGH" in capsys.readouterr().err
+
+
+def test_sweep_report_curvature_table(tmp_path):
+    from resjax.trainability.sweep_table import curvature_section
+
+    assert curvature_section(tmp_path, ["plain_d56_s0"]) == ""  # no estimate: no table
+    estimate = {
+        "label": "plain-56", "lanczos": {"eigenvalues": [123.456, 7.0], "lanczos_steps": 30},
+        "hutchinson": {"trace": 2000.0, "stderr": 50.0, "probes": 30},
+        "examples": {"count": 1000},
+    }  # fmt: skip
+    folder = tmp_path / "plain_d56_s0" / "curvature"
+    folder.mkdir(parents=True)
+    (folder / "curvature.json").write_text(
+        json.dumps({"estimates": [{**estimate, "step": 100}, {**estimate, "step": 1000}]})
+    )
+    table = curvature_section(tmp_path, ["plain_d56_s0", "resnet_d56_s0"])
+    assert "| plain_d56_s0 | plain-56 | 1000 | 123.5 | 2000 ± 50 | 1,000 | 30 | 30 |" in table
+    assert table.count("| plain_d56_s0 |") == 1  # the latest step only

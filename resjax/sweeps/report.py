@@ -605,6 +605,11 @@ def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Pat
         paths["diagnostics"] = workdir / "diagnostics_vs_depth.png"
         with paths["markdown"].open("a") as f:
             f.write(diagnostics_section(diagnosed, paths["diagnostics"]))
+    # Optional: the points' curvature, where `python -m resjax.trainability curvature` left it.
+    from resjax.trainability.sweep_table import curvature_section  # files only, no JAX
+
+    with paths["markdown"].open("a") as f:
+        f.write(curvature_section(workdir, [p.point for p in points]))
     return paths
 
 
