@@ -114,9 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             resume.record_resume(workdir, start_step, changes)
         writer = MetricWriter(workdir)
         if lead:
-            (workdir / CONFIG).write_text(config.to_json_best_effort(indent=2))
-            with (workdir / ENVIRONMENT).open("a") as f:  # one line per start or resume
-                f.write(json.dumps({"start_step": start_step, **environment(model)}) + "\n")
+            record_start(workdir, config, start_step, model)
         progress = Progress(total_steps, start_step)
         cleanup.callback(progress.close)
         num_params = sum(int(np.prod(s)) for s in param_shapes.values())
@@ -211,11 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if start_step and results_file.exists():  # a run extended on resume: time adds up
             wall += json.loads(results_file.read_text()).get("wall_time_s", 0.0)
         results = {
-            "model": config.model.name,
-            "residual": bool(model.residual),
-            "depth": model.depth,
-            "params": num_params,
-            "dataset": splits.name,
+            **describe_results(config, model, num_params, splits.name),
             "steps": final_step,
             "epochs": final_step / steps_per_epoch,
             "seed": config.seed,
@@ -388,6 +382,26 @@ def stopped_before_training(signal_name: str, start_step: int) -> str:
         f"{signal_name}: stopped before the first step, nothing new to save ({kept}); "
         "rerun the same command to resume"
     )
+
+
+def record_start(
+    workdir: Path, config: ml_collections.ConfigDict, start_step: int, model: models.ResNet
+) -> None:
+    """config.json (the resolved config, at every start) and a line of environment.jsonl."""
+    (workdir / CONFIG).write_text(config.to_json_best_effort(indent=2))
+    with (workdir / ENVIRONMENT).open("a") as f:  # one line per start or resume
+        f.write(json.dumps({"start_step": start_step, **environment(model)}) + "\n")
+
+
+def describe_results(config, model, num_params, dataset) -> dict[str, Any]:
+    """What results.json says the run was, before its numbers."""
+    return {
+        "model": config.model.name,
+        "residual": bool(model.residual),
+        "depth": model.depth,
+        "params": num_params,
+        "dataset": dataset,
+    }
 
 
 def describe_run(config, model, num_params, splits, total_steps) -> str:
