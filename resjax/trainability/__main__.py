@@ -121,6 +121,12 @@ def _parser() -> cli.ArgumentParser:
         action="store_true",
         help="every kept checkpoint of each workdir, for sharpness against step",
     )
+    cur.add_argument(
+        "--steps",
+        type=_ints,
+        help="these kept checkpoints of each workdir (N,N,...; steps not (yet) kept "
+        "are left out, so a rerun during training adds the new ones)",
+    )
     cur.add_argument("--top-k", type=int, default=5, help="eigenvalues to report (default 5)")
     cur.add_argument("--lanczos-steps", type=int, default=30, help="default 30")
     cur.add_argument("--trace-probes", type=int, default=30, help="Hutchinson probes (default 30)")

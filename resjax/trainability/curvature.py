@@ -14,6 +14,7 @@ tridiagonal matrices are tiny and their eigendecomposition is done on the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,27 +41,34 @@ def network_hvp(
 ) -> tuple[MatVec, int]:
     """(v -> Hv, n): the Hessian of the mean cross-entropy over every example of `batches`
     (masked rows excluded), with respect to the flattened `params`; BatchNorm in evaluation
-    mode with `batch_stats`. Batches are summed on the host, so any number of examples fits."""
-    flat, unravel = ravel_pytree(params)
+    mode with `batch_stats`. Batches are summed on the host, so any number of examples fits.
+    Images are normalised once, here; the compiled product is shared by every call with the
+    same `apply_fn` (pass one model's `apply` for all checkpoints of a run)."""
+    flat, _ = ravel_pytree(params)
     count = float(sum(np.sum(b["mask"]) for b in batches))
-
-    def loss_sum(flat_params, batch):
-        variables = {"params": unravel(flat_params), "batch_stats": batch_stats}
-        logits = apply_fn(variables, network_input(batch["image"], normalize_images), train=False)
-        return jnp.sum(cross_entropy(logits, batch["label"]) * batch["mask"])
-
-    @jax.jit
-    def batch_hvp(flat_params, v, batch):
-        return jax.jvp(lambda p: jax.grad(loss_sum)(p, batch), (flat_params,), (v,))[1]
+    batches = [{**b, "image": network_input(b["image"], normalize_images)} for b in batches]
 
     def matvec(v: jax.Array) -> jax.Array:
         total = None
         for batch in batches:
-            hv = batch_hvp(flat, v, batch)
+            hv = _batch_hvp(apply_fn, params, batch_stats, v, batch)
             total = hv if total is None else total + hv
         return total / count
 
     return matvec, int(flat.size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_hvp(apply_fn, params, batch_stats, v, batch):
+    """H v of the summed loss of one batch: forward-over-reverse, on flat vectors."""
+    flat, unravel = ravel_pytree(params)
+
+    def loss_sum(flat_params):
+        variables = {"params": unravel(flat_params), "batch_stats": batch_stats}
+        logits = apply_fn(variables, batch["image"], train=False)
+        return jnp.sum(cross_entropy(logits, batch["label"]) * batch["mask"])
+
+    return jax.jvp(jax.grad(loss_sum), (flat,), (v,))[1]
 
 
 # --- Lanczos ---

@@ -280,13 +280,14 @@ def curvature(
     slq_steps: int = 30,
     seed: int = 0,
     every_step: bool = False,
+    steps: Sequence[int] | None = None,
     data_dir: str | None = None,
     progress: Progress = lambda line: None,
 ) -> dict[str, Any]:
     """Top-k Hessian eigenvalues (Lanczos), trace (Hutchinson) and spectral density (SLQ) of
     the mean training loss on the first `examples` training examples, BatchNorm in evaluation
-    mode, for each of `sources` (its final weights, or with `every_step` every kept checkpoint
-    of a workdir). Writes `curvature.json` after every estimate (a rerun skips the estimates
+    mode, for each of `sources` (its final weights; with `every_step` every kept checkpoint of
+    a workdir, with `steps` those of its kept checkpoints). Writes `curvature.json` after every estimate (a rerun skips the estimates
     already there, made with the same settings), then `curvature.csv` and the figures."""
     for name, value in (
         ("examples", examples),
@@ -312,14 +313,18 @@ def curvature(
     }
     json_path = out / "curvature.json"
     done = json.loads(json_path.read_text())["estimates"] if json_path.exists() else []
+    # Estimates made with other settings stay in the file, but are neither reused nor drawn.
+    others = [e for e in done if e["settings"] != settings]
     estimates = [e for e in done if e["settings"] == settings]
+    models: dict[str, Any] = {}
     for source in sources:
-        steps: list[int | None] = [None]
-        if every_step:
+        chosen: list[int | None] = [None]
+        if every_step or steps:
             if not Path(source).is_dir():
-                raise ValueError(f"--every-step needs a run's workdir; {source} is a file")
-            steps = kept_steps(source)
-        for step in steps:
+                raise ValueError(f"choosing steps needs a run's workdir; {source} is a file")
+            kept = kept_steps(source)
+            chosen = kept if every_step else [s for s in steps if s in kept]
+        for step in chosen:
             if any(
                 e["source"] == source and e["step"] == step for e in estimates if step is not None
             ):
@@ -333,15 +338,17 @@ def curvature(
             ):
                 continue
             progress(f"{run.label} step {run.step}: curvature on {examples or 'all'} examples")
-            estimate = curvature_of(run, settings, batch_size, data_dir)
+            # One model object per run: its `apply` keys the compiled Hessian-vector product.
+            model = models.setdefault(source, run.weights.model())
+            estimate = curvature_of(run, settings, batch_size, data_dir, model)
             estimates.append(estimate)
             progress(
                 f"{run.label} step {run.step}: top eigenvalue "
                 f"{estimate['lanczos']['eigenvalues'][0]:.4g}, trace "
                 f"{estimate['hutchinson']['trace']:.4g} ({estimate['wall_s']:.0f} s)"
             )
-            _write_json(json_path, {"estimates": estimates})
-    _write_json(json_path, {"estimates": estimates})
+            _write_json(json_path, {"estimates": others + estimates})
+    _write_json(json_path, {"estimates": others + estimates})
     rows = curvature_rows(estimates)
     _write_csv(out / "curvature.csv", rows)
     draw_curvature(estimates, out)
@@ -349,14 +356,20 @@ def curvature(
 
 
 def curvature_of(
-    run: Run, settings: dict[str, Any], batch_size: int, data_dir: str | None
+    run: Run,
+    settings: dict[str, Any],
+    batch_size: int,
+    data_dir: str | None,
+    model: Any = None,
 ) -> dict[str, Any]:
-    """One run's curvature estimate, as `curvature` records it."""
+    """One run's curvature estimate, as `curvature` records it (`model`: the run's network,
+    passed in to reuse its compiled products across checkpoints)."""
     started = time.perf_counter()
     ex = training_examples(run, settings["examples"], batch_size, data_dir)
     variables = run.weights.variables
+    model = model or run.weights.model()
     matvec, n = curv.network_hvp(
-        run.weights.model().apply,
+        model.apply,
         jax.tree.map(jnp.asarray, variables["params"]),
         jax.tree.map(jnp.asarray, variables["batch_stats"]),
         [jax.tree.map(jnp.asarray, b) for b in ex.batches],
@@ -370,7 +383,6 @@ def curvature_of(
         if settings["slq_probes"]
         else None
     )
-    model = run.weights.model()
     return {
         "label": run.label,
         "depth": model.depth,
