@@ -211,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 slq_steps=args.slq_steps,
                 seed=args.seed,
                 every_step=args.every_step,
+                steps=args.steps,
                 data_dir=args.data_dir,
                 progress=say,
             )

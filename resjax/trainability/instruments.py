@@ -195,8 +195,9 @@ def _landscape_summary(run: Run, name: str, grid: dict[str, Any], path: Path) ->
         summary["loss_at_end"], summary["error_at_end"] = float(loss[end]), float(error[end])
         inside = (axes[0] >= 0) & (axes[0] <= 1)
         line = loss[inside]
-        # A barrier: loss rising above the straight chord between the two ends (Goodfellow et
-        # al. found none on the init->final line of the nets they studied).
+        # How far the loss rises above the straight chord between its two ends (0 for a convex
+        # curve), and whether it falls all the way (Goodfellow et al. 2015 found that it did,
+        # without bumps, on the init -> final line of every net they studied).
         chord = np.linspace(line[0], line[-1], len(line))
         summary["max_above_chord"] = float(np.max(line - chord))
         summary["monotone_decreasing"] = bool(np.all(np.diff(line) <= 0))
@@ -207,14 +208,14 @@ def _landscape_summary(run: Run, name: str, grid: dict[str, Any], path: Path) ->
             if ring.any():
                 summary[f"loss_at_radius_{r}"] = float(np.nanmean(loss[ring]))
         if len(axes) == 2:
-            summary["nonconvex_fraction"] = _nonconvex_fraction(np.log(loss))
+            summary["nonconvex_fraction"] = _nonconvex_fraction(loss)
     return summary
 
 
 def _nonconvex_fraction(z: np.ndarray) -> float | None:
     """Share of interior grid points where the surface's finite-difference 2x2 Hessian has a
-    negative eigenvalue (Li et al.'s |λmin/λmax| maps, as one number). Of log(loss), so that
-    a basin reads as convex however steep."""
+    negative eigenvalue (Li et al.'s |λmin/λmax| maps, as one number). Of the loss itself:
+    the logarithm of a convex bowl is not convex."""
     if min(z.shape) < 3 or not np.all(np.isfinite(z)):
         return None
     zxx = z[2:, 1:-1] - 2 * z[1:-1, 1:-1] + z[:-2, 1:-1]

@@ -82,7 +82,7 @@ def plot_contours(
         ax.set_title(g["label"])
         ax.set_aspect("equal")
         ax.set_xlabel("direction 1 (filter norms)")
-        ax.set_ylabel("direction 2 (filter norms)")
+    axes[0][0].set_ylabel("direction 2 (filter norms)")
     fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.85, label="training loss (log levels)")
     fig.savefig(path, dpi=120)
     plt.close(fig)
