@@ -182,3 +182,23 @@ def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict
     overrides.setdefault("num_classes", num_classes)
     overrides["dtype"] = config.dtype
     return overrides
+
+
+def data_config_of(
+    recorded: dict[str, Any] | None, dataset: str | None, data_dir: str | None
+) -> ml_collections.ConfigDict:
+    """`config.data` as the weights were trained with, `dataset`/`data_dir` set where given."""
+    config = base_config().data
+    if recorded is not None:  # what was trained on, not where it lay on that machine
+        where = {key.removeprefix("data.") for key in WHERE_KEYS}
+        trained = recorded.get("data", {}).items()
+        config.update({k: v for k, v in trained if k in config and k not in where})
+    elif dataset is None:
+        raise ValueError(
+            "the weights file records no training config; say which data with --dataset=NAME"
+        )
+    if dataset is not None:
+        config.name = dataset
+    if data_dir is not None:
+        config.dir = data_dir
+    return config

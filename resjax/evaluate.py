@@ -23,33 +23,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from resjax import checkpoint, cli, data, weights
-from resjax.config import WHERE_KEYS, base_config
+from resjax.config import data_config_of
 from resjax.models import load_params
 from resjax.models.portable import Portable
 from resjax.training.step import eval_sums
-
-
-def data_config_of(
-    recorded: dict[str, Any] | None, dataset: str | None, data_dir: str | None
-) -> ml_collections.ConfigDict:
-    """`config.data` as the weights were trained with, `dataset`/`data_dir` set where given."""
-    config = base_config().data
-    if recorded is not None:  # what was trained on, not where it lay on that machine
-        where = {key.removeprefix("data.") for key in WHERE_KEYS}
-        trained = recorded.get("data", {}).items()
-        config.update({k: v for k, v in trained if k in config and k not in where})
-    elif dataset is None:
-        raise cli.CommandError(
-            "the weights file records no training config; say which data with --dataset=NAME"
-        )
-    if dataset is not None:
-        config.name = dataset
-    if data_dir is not None:
-        config.dir = data_dir
-    return config
 
 
 def load_weights(path: str | Path, which: str = "latest") -> tuple[Portable, dict[str, Any]]:

@@ -470,7 +470,7 @@ def test_bad_input_is_one_error_line(weights_file, tmp_path, capsys):
 
 
 def test_sweep_report_curvature_table(tmp_path):
-    from resjax.trainability.sweep_table import curvature_section
+    from resjax.sweeps.curvature_table import curvature_section
 
     assert curvature_section(tmp_path, ["plain_d56_s0"]) == ""  # no estimate: no table
     estimate = {

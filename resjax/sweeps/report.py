@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from resjax.duration import hms
+from resjax.sweeps.curvature_table import curvature_section
 from resjax.workdir import (
     CONFIG,
     METRICS,
@@ -606,8 +607,6 @@ def write_report(workdir: str | Path, title: str | None = None) -> dict[str, Pat
         with paths["markdown"].open("a") as f:
             f.write(diagnostics_section(diagnosed, paths["diagnostics"]))
     # Optional: the points' curvature, where `python -m resjax.trainability curvature` left it.
-    from resjax.trainability.sweep_table import curvature_section  # files only, no JAX
-
     with paths["markdown"].open("a") as f:
         f.write(curvature_section(workdir, [p.point for p in points]))
     return paths

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from resjax import data, weights
-from resjax.evaluate import data_config_of
+from resjax.config import data_config_of
 from resjax.models import load_params
 from resjax.models.portable import Portable
 from resjax.training.step import create_train_state

@@ -4,8 +4,8 @@ Reads `<point>/curvature/curvature.json`, what
 
     python -m resjax.trainability curvature WORKDIR/<point> --out=WORKDIR/<point>/curvature
 
-writes; points without one are left out, and a sweep where none has one gets no table. Reads
-files only (no JAX), as the rest of the report.
+writes (resjax.trainability); points without one are left out, and a sweep where none has
+one gets no table. Reads files only (no JAX), as the rest of the report.
 """
 
 from __future__ import annotations
