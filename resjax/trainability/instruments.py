@@ -105,11 +105,22 @@ def landscape(
         ex = training_examples(run, examples, batch_size, data_dir)
         variables = jax.tree.map(jnp.asarray, run.weights.variables)
         if kind == "interpolation":
-            operands = {"start": initial_variables(run, ex.splits.image_shape), "end": variables}
+            start = initial_variables(run, ex.splits.image_shape)
+            # At step 0 the running statistics are still their initial (0, 1): evaluation-mode
+            # BN would then not normalise at all, and a deep residual stream's sum would blow
+            # the loss up. Use the statistics training-mode BN would use on these examples.
+            images = np.concatenate(
+                [ex.splits.normalize_images(b["image"][b["mask"] > 0]) for b in ex.batches]
+            )
+            start["batch_stats"] = gc.calibrated_batch_stats(
+                run.weights.model(), start, jnp.asarray(images)
+            )
+            operands = {"start": start, "end": variables}
             variables_at, how = (
                 ls.interpolation,
                 {
-                    "start": "step 0 (the run's seed)",
+                    "start": "step 0 (the run's seed), BatchNorm statistics of those weights "
+                    "on the examples",
                     "bn_statistics": "means linear, variances geometric between step 0 and the end",
                 },
             )
@@ -313,7 +324,7 @@ def curvature(
         "seed": seed,
     }
     json_path = out / "curvature.json"
-    done = json.loads(json_path.read_text())["estimates"] if json_path.exists() else []
+    done = _read_estimates(json_path)
     # Estimates made with other settings stay in the file, but are neither reused nor drawn.
     others = [e for e in done if e["settings"] != settings]
     estimates = [e for e in done if e["settings"] == settings]
@@ -348,12 +359,28 @@ def curvature(
                 f"{estimate['lanczos']['eigenvalues'][0]:.4g}, trace "
                 f"{estimate['hutchinson']['trace']:.4g} ({estimate['wall_s']:.0f} s)"
             )
-            _write_json(json_path, {"estimates": others + estimates})
-    _write_json(json_path, {"estimates": others + estimates})
+            _write_estimates(json_path, others + estimates)
+    _write_estimates(json_path, others + estimates)
     rows = curvature_rows(estimates)
     _write_csv(out / "curvature.csv", rows)
     draw_curvature(estimates, out)
     return {"estimates": estimates}
+
+
+def _read_estimates(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["estimates"] if path.exists() else []
+
+
+def _estimate_key(e: dict[str, Any]) -> str:
+    return json.dumps([e["source"], e["step"], e["weights_sha256"], e["settings"]], sort_keys=True)
+
+
+def _write_estimates(path: Path, estimates: list[dict[str, Any]]) -> None:
+    """Writes `estimates` and keeps those another process wrote into the same file meanwhile
+    (two commands filling one folder, e.g. steps of one run and final weights of others)."""
+    mine = {_estimate_key(e) for e in estimates}
+    theirs = [e for e in _read_estimates(path) if _estimate_key(e) not in mine]
+    _write_json(path, {"estimates": estimates + theirs})
 
 
 def curvature_of(

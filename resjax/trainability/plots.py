@@ -45,6 +45,10 @@ def plot_lines(curves: Sequence[dict[str, Any]], path: Path, xlabel: str) -> Non
         ax_loss.plot(c["x"], c["loss"], style, label=c["label"])
         ax_err.plot(c["x"], 100 * np.asarray(c["error"]), style, label=c["label"])
     ax_loss.set_yscale("log")
+    # Far outside [0, 1] a deep plain net's loss can reach 1e30 and squash the rest of the plot.
+    top = max(float(np.nanmax(c["loss"])) for c in curves)
+    if top > 1e3:
+        ax_loss.set_ylim(None, 1e3)
     ax_loss.set_ylabel("training loss")
     ax_err.set_ylabel("training error %")
     for ax in (ax_loss, ax_err):
