@@ -131,7 +131,7 @@ def test_network_curvature_matches_the_dense_hessian():
         )
         return jnp.sum(cross_entropy(out, batch["label"]) * batch["mask"]) / batch["mask"].sum()
 
-    dense = np.asarray(jax.hessian(mean_loss)(flat), np.float64)
+    dense = np.asarray(jax.jit(jax.hessian(mean_loss))(flat), np.float64)  # eagerly: op by op
     exact = np.linalg.eigvalsh((dense + dense.T) / 2)
     # The same examples in two batches: the matvec sums batches on the host.
     halves = [jax.tree.map(lambda x, s=s: x[s], batch) for s in (slice(0, 8), slice(8, 16))]
