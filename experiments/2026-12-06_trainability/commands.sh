@@ -30,15 +30,20 @@ python -m resjax.trainability landscape $R/weights/plain_d56.msgpack $R/weights/
 python -m resjax.trainability landscape $R/weights/{plain,resnet}_d{14,32,56}.msgpack \
   --kind=interpolation --out=$R/interpolation --resolution=21 --examples=250 --batch-size=250
 
-# 4. Curvature at the end of training, all six.
-python -m resjax.trainability curvature $R/weights/{plain,resnet}_d{14,32,56}.msgpack \
-  --out=$R/curvature --examples=256 --top-k=3 --lanczos-steps=20 --trace-probes=10 \
-  --slq-probes=1 --slq-steps=20
-
-# 5. Top eigenvalue against training step, the 56-layer pair (checkpoints in the workdirs).
+# 4. Top Hessian eigenvalue against training step, the 56-layer pair (kept checkpoints), then
+#    at the end of training for all six, with the same settings into the same folder (the
+#    56-layer pair's step-1000 estimates are reused, not recomputed). The workdirs' final
+#    weights are the committed weights files (same SHA-256, recorded in curvature.json).
 python -m resjax.trainability curvature $W/plain_d56_s0 $W/resnet_d56_s0 \
-  --steps=100,200,300,500,700,1000 --out=$R/sharpness --examples=256 --top-k=1 \
+  --steps=100,300,500,1000 --out=$R/curvature --examples=256 --top-k=1 \
   --lanczos-steps=12 --trace-probes=4 --slq-probes=0
+python -m resjax.trainability curvature $W/{plain,resnet}_d{14,32,56}_s0 \
+  --out=$R/curvature --examples=256 --top-k=1 --lanczos-steps=12 --trace-probes=4 --slq-probes=0
+
+# 5. Spectral density (SLQ) and top-3 eigenvalues of the final weights, 14- and 56-layer pairs.
+python -m resjax.trainability curvature $R/weights/{plain,resnet}_d{14,56}.msgpack \
+  --out=$R/density --examples=256 --top-k=3 --lanczos-steps=20 --trace-probes=1 \
+  --slq-probes=1 --slq-steps=20
 
 # 6. Gradient correlation at initialisation, three seeds.
 python -m resjax.trainability gradcorr --depths=14,32,56 --seeds=0,1,2 --lines=2 --points=128 \
