@@ -27,6 +27,8 @@ python -m resjax.trainability landscape $R/weights/plain_d14.msgpack $R/weights/
   --out=$R/plane_14 --resolution=11 --examples=250 --batch-size=250
 python -m resjax.trainability landscape $R/weights/plain_d56.msgpack $R/weights/resnet_d56.msgpack \
   --out=$R/plane_56 --resolution=11 --examples=250 --batch-size=250
+python -m resjax.trainability landscape $R/weights/plain_d56.msgpack $R/weights/resnet_d56.msgpack \
+  --kind=line --out=$R/line_56 --resolution=21 --examples=250 --batch-size=250
 python -m resjax.trainability landscape $R/weights/{plain,resnet}_d{14,32,56}.msgpack \
   --kind=interpolation --out=$R/interpolation --resolution=21 --examples=250 --batch-size=250
 
