@@ -1,4 +1,4 @@
-"""The one-shot GPU check (issue 28): resjax against PyTorch on the same chip, and the trainer
+"""The one-shot GPU check: resjax against PyTorch on the same chip, and the trainer
 end to end, in one call of under 8 minutes. `benchmarks/gpu_check.sh` runs it (and keeps its log).
 
     bash benchmarks/gpu_check.sh --manual_dir=.fmnist          # on a GPU machine: ~7 min
@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 # MLPerf Training v4.0 (closed, ResNet-50): images/s per chip of the best 8-GPU submissions,
-# the anchors the goal is stated against (issue 28).
+# the anchors the goal is stated against.
 MLPERF_IMG_PER_S = {"H200": 7950.0, "H100": 7160.0}
 GOAL_RATIO = 1.1  # resjax / PyTorch on the same chip
 GOAL_OF_MLPERF = 0.9

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-shot GPU check (issue 28; what it measures: benchmarks/gpu_check.py). From the
+# The one-shot GPU check (what it measures: benchmarks/gpu_check.py). From the
 # repository root, on a GPU machine with resjax's dependencies installed (benchmarks/README.md,
 # "GPU", gives the one command line that installs the carried wheels and runs this):
 #   bash benchmarks/gpu_check.sh --manual_dir=.fmnist              # ~7 min
