@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resjax import cli
+from resjax.trainability import instruments
 
 
 def _ints(text: str) -> list[int]:
@@ -181,8 +182,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     def run() -> None:
-        from resjax.trainability import instruments
-
         if args.instrument == "landscape":
             instruments.landscape(
                 args.runs,
