@@ -256,7 +256,9 @@ def test_normalisation_on_the_device_gives_the_bits_of_normalisation_on_the_host
         evaluation = sum_over_batches(parallel.compile_eval_step(mesh, normalize), state, batches)
         runs.append((jax.device_get(state.params), jax.device_get(state.batch_stats), evaluation))
         if not on_host:
-            with pytest.raises(ValueError, match=r"uint8 images reached the step .*normalize_images"):
+            with pytest.raises(
+                ValueError, match=r"uint8 images reached the step .*normalize_images"
+            ):
                 parallel.compile_train_step(config, mesh).run(state, batch, metrics)  # refused
     jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
 
