@@ -532,26 +532,37 @@ class _IgnoreClosedLoop:
             self.previous(unraisable)
 
 
+_FAILED = [False]  # a save or a read has failed in this process: the quieting stays
+
+
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-    """While Orbax saves or restores: _DropReported on the absl and asyncio loggers, removed
-    again on the way out."""
+    """While Orbax saves or restores: _DropReported on the absl and asyncio loggers and
+    _IgnoreClosedLoop as sys.unraisablehook, removed again on the way out unless something
+    failed meanwhile (`_ignore_closed_loop_from_now`)."""
     loggers = [logging.getLogger("absl"), logging.getLogger("asyncio")]
     drop = _DropReported()
     for logger in loggers:
         logger.addFilter(drop)
+    installed = not isinstance(sys.unraisablehook, _IgnoreClosedLoop)
+    if installed:
+        sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
     try:
         yield
     finally:
         for logger in loggers:
             logger.removeFilter(drop)
+        hook = sys.unraisablehook
+        if installed and not _FAILED[0] and isinstance(hook, _IgnoreClosedLoop):
+            sys.unraisablehook = hook.previous
 
 
 def _ignore_closed_loop_from_now() -> None:
-    """Once a step has failed to read, for the rest of the process: _IgnoreClosedLoop as
-    sys.unraisablehook. The late reads of the failed restore report at any moment up to the
-    process's exit, long after the restore returned, so no narrower scope catches them; a
-    process that never meets a damaged checkpoint never gets the hook."""
+    """Once a step has failed to read or a save has failed, for the rest of the process:
+    _IgnoreClosedLoop as sys.unraisablehook. The failed reads' or writes' late callbacks report
+    at any moment up to the process's exit, long after the restore or save returned, so no
+    narrower scope catches them; a process that never meets a failure never keeps the hook."""
+    _FAILED[0] = True
     if not isinstance(sys.unraisablehook, _IgnoreClosedLoop):
         sys.unraisablehook = _IgnoreClosedLoop(sys.unraisablehook)
 
@@ -563,8 +574,11 @@ def _quiet_after_failed_save() -> None:
     "coroutine ... was never awaited" (two lines) after resjax's error line; the same failure,
     set on futures of TensorStore's writes that nothing awaits any more, is logged by asyncio
     when they are collected at exit, with no Orbax frame to recognise it by. Both only ever
-    follow a failure resjax has already reported, so only then are they silenced."""
+    follow a failure resjax has already reported, so only then are they silenced. (Python 3.12
+    also reports the failed writes' callbacks on Orbax's closed event loop, as after a failed
+    restore.)"""
     warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
+    _ignore_closed_loop_from_now()  # its writes' late callbacks, as a failed restore's reads
     asyncio_logger = logging.getLogger("asyncio")
     if not any(isinstance(f, _DropUnretrieved) for f in asyncio_logger.filters):
         asyncio_logger.addFilter(_DropUnretrieved())
