@@ -131,7 +131,7 @@ class Checkpointer:
         self._pending: int | None = None  # the step whose asynchronous save may still run
         # Quieting Orbax's own reports of a failure resjax reports in one line: from the first
         # save until close(), while its background threads may still fail (_quiet_orbax).
-        self._quiet = contextlib.ExitStack()
+        self._quiet: contextlib.AbstractContextManager | None = None
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -376,8 +376,9 @@ class Checkpointer:
         when this save or the previous asynchronous one could not be written.
         """
         step = int(jax.device_get(state.step))
-        if not self._quiet._exit_callbacks:  # from the first save until close()
-            self._quiet.enter_context(_quiet_orbax())
+        if self._quiet is None:  # from the first save until close()
+            self._quiet = _quiet_orbax()
+            self._quiet.__enter__()
         if step not in self.manager.all_steps():
             self.wait()  # a failure of the previous save is reported under its own step
             self._probe(step)
@@ -446,7 +447,9 @@ class Checkpointer:
                     manager.close()
                 except Exception:  # a failed save is reported by wait(), not twice
                     pass
-            self._quiet.close()
+            if self._quiet is not None:
+                quiet, self._quiet = self._quiet, None
+                quiet.__exit__(None, None, None)
 
 
 def _digest(meta: dict[str, Any]) -> str:
