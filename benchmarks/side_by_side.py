@@ -25,17 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax_resnet  # noqa: E402  (imports jax: XLA_FLAGS must already be set)
 import torch_resnet  # noqa: E402
-
-
-def _busy_s() -> float:
-    """Seconds of non-idle CPU time of the whole machine so far (0 where /proc/stat is absent)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return 0.0
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+from machine_load import busy_s  # noqa: E402
 
 
 def main() -> None:
@@ -89,10 +79,10 @@ def main() -> None:
         order = (torch_window, jax_window) if r % 2 == 0 else (jax_window, torch_window)
         for fn in order:
             time.sleep(args.pause_s)
-            busy0, own0, t0 = _busy_s(), time.process_time(), time.perf_counter()
+            busy0, own0, t0 = busy_s(), time.process_time(), time.perf_counter()
             rate = fn()
             wall = time.perf_counter() - t0
-            other = (_busy_s() - busy0 - (time.process_time() - own0)) / wall / os.cpu_count()
+            other = (busy_s() - busy0 - (time.process_time() - own0)) / wall / os.cpu_count()
             (t_rates if fn is torch_window else j_rates).append(rate)
             (t_other if fn is torch_window else j_other).append(max(other, 0.0))
     clean = [i for i in range(args.rounds) if max(t_other[i], j_other[i]) < args.clean_below]
