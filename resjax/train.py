@@ -12,14 +12,12 @@ one `error:` line (resjax.cli).
 
 from __future__ import annotations
 
-import os
 import sys
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from resjax import cli
+from resjax import cli, distributed
 from resjax.sweeps import points, runner
 from resjax.training import NonFiniteLossError, Preempted, train_and_evaluate
 
@@ -40,27 +38,12 @@ def _train(argv: list[str]) -> int:
         raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
     config_file, arg = points.split_config_spec(FLAGS["config"].config_filename)
     workdir = FLAGS.workdir or str(points.default_workdir(config_file, arg))
-    maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if FLAGS.point or points.is_sweep(config_file, arg):  # the sweep runner, point by point
         overrides = FLAGS["config"].override_values
         return runner.run_from_flags(config_file, arg, overrides, workdir, point=FLAGS.point)
     train_and_evaluate(FLAGS.config, workdir)
     return 0
-
-
-def maybe_initialize_distributed(
-    coordinator_address: str | None, num_processes: int | None, process_id: int | None
-) -> None:
-    """Joins a multi-process run when launched as one: flags, JAX's env vars, or SLURM (srun).
-
-    Must run before any other JAX call. A single process (no flags, no env) does nothing.
-    """
-    if coordinator_address or num_processes:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()  # reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, ...
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ:
-        jax.distributed.initialize()  # JAX's SLURM cluster detection (srun, one task per host)
 
 
 def define_flags() -> None:

@@ -413,6 +413,36 @@ def test_landscape_command_writes_and_resumes(weights_file, fashion_mnist_dir, t
     assert {"loss_at_end", "max_above_chord", "loss_at_origin"} <= set(line)
 
 
+def test_landscape_over_two_processes_is_the_one_process_grid(
+    weights_file, fashion_mnist_dir, tmp_path
+):
+    """Two processes (jax.distributed on localhost, 2 CPU devices each) share out one grid, 4
+    points at a time, each point evaluated on one device over the whole batch: the grid this
+    process makes alone. Only process 0 writes."""
+    from processes import command, environ, finish, free_ports, start
+
+    from resjax.trainability.__main__ import main
+
+    args = ["landscape", str(weights_file), "--examples=48", "--batch-size=32", "--resolution=3"]
+    args += [f"--data-dir={fashion_mnist_dir}"]
+    assert main([*args, f"--out={tmp_path / 'one'}"]) == 0
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    shared = [
+        command("trainability", *args, f"--out={tmp_path / 'two'}")
+        + [f"--coordinator-address={address}", "--num-processes=2", f"--process-id={i}"]
+        for i in range(2)
+    ]
+    results = finish([start(c, environ(JAX_NUM_CPU_DEVICES="2")) for c in shared], 300)
+    for i, (code, _, stderr) in enumerate(results):
+        assert code == 0, f"process {i} exited {code}:\n{stderr[-3000:]}"
+    assert "4 point(s) at a time" in results[0][2]
+    one, two = (landscape.read_grid(tmp_path / d / "resnet8_plane.npz") for d in ("one", "two"))
+    assert np.all(np.isfinite(two["loss"]))
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-6)
+    np.testing.assert_array_equal(two["error"], one["error"])
+    assert json.loads((tmp_path / "two" / "plane.json").read_text())["runs"][0]["points_done"] == 9
+
+
 def test_curvature_command(weights_file, fashion_mnist_dir, tmp_path):
     from resjax.trainability.__main__ import main
 

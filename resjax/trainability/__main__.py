@@ -15,8 +15,11 @@ landscape   the loss and error on a grid: 'plane' (default) two random filter-no
             directions around the final weights (Li et al. 2018; contours with logarithmic
             levels and a 3D surface, all runs side by side on the same levels), 'line' one such
             direction, 'interpolation' the straight line from the run's step-0 weights to its
-            final ones (Goodfellow et al. 2015). Points are spread over every device; the grid
-            file fills as it goes, so a rerun resumes, and a finished grid only redraws.
+            final ones (Goodfellow et al. 2015). Points are spread over every device of every
+            process (start one command per process with --coordinator-address,
+            --num-processes and --process-id, or JAX's env vars, or under srun; process 0
+            writes); the grid file fills as it goes, so a rerun resumes, and a finished grid
+            only redraws.
 curvature   the top Hessian eigenvalues (Lanczos with full reorthogonalisation), the trace
             (Hutchinson, Rademacher probes) and the spectral density (stochastic Lanczos
             quadrature) of the mean training loss (Ghorbani et al. 2019).
@@ -33,7 +36,7 @@ from argparse import ArgumentTypeError, RawDescriptionHelpFormatter
 from collections.abc import Sequence
 from pathlib import Path
 
-from resjax import cli
+from resjax import cli, distributed
 from resjax.trainability import instruments
 
 
@@ -108,6 +111,9 @@ def _parser() -> cli.ArgumentParser:
         default=30.0,
         help="rewrite the grid file at most this often (default 30)",
     )
+    land.add_argument("--coordinator-address", help="host:port of process 0 (multi-process)")
+    land.add_argument("--num-processes", type=int, help="processes in a multi-process run")
+    land.add_argument("--process-id", type=int, help="this process's index (multi-process)")
     common(land, 1000, 1000)
 
     cur = sub.add_parser(
@@ -183,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> None:
         if args.instrument == "landscape":
+            distributed.maybe_initialize(
+                args.coordinator_address, args.num_processes, args.process_id
+            )
             instruments.landscape(
                 args.runs,
                 args.out,

@@ -175,9 +175,10 @@ def landscape(
         grids.append({"label": run.label, **grid})
         results.append(_landscape_summary(run, name, grid, path))
     summary = {"kind": kind, "runs": results}
-    _write_json(out / f"{kind}.json", summary)
-    _write_csv(out / f"{kind}.csv", [row for g in grids for row in _grid_rows(g)])
-    _draw_landscape(kind, grids, out)
+    if jax.process_index() == 0:  # every process holds the same grids; one writes them
+        _write_json(out / f"{kind}.json", summary)
+        _write_csv(out / f"{kind}.csv", [row for g in grids for row in _grid_rows(g)])
+        _draw_landscape(kind, grids, out)
     return summary
 
 
