@@ -60,6 +60,13 @@ def plot_lines(curves: Sequence[dict[str, Any]], path: Path, xlabel: str) -> Non
     plt.close(fig)
 
 
+def decade_ticks(low: float, high: float) -> np.ndarray:
+    """Powers of ten within [low, high] to label a logarithmic scale with (the two ends,
+    rounded, where no power of ten falls inside)."""
+    ticks = 10.0 ** np.arange(np.ceil(np.log10(low)), np.floor(np.log10(high)) + 1)
+    return ticks if len(ticks) >= 2 else np.array([float(f"{low:.2g}"), float(f"{high:.2g}")])
+
+
 def plot_contours(
     grids: Sequence[dict[str, Any]], path: Path, ceiling: float | None = None
 ) -> None:
@@ -87,7 +94,9 @@ def plot_contours(
         ax.set_aspect("equal")
         ax.set_xlabel("direction 1 (filter norms)")
     axes[0][0].set_ylabel("direction 2 (filter norms)")
-    fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.85, label="training loss (log levels)")
+    bar = fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.85, label="training loss (log levels)")
+    bar.set_ticks(decade_ticks(levels[0], levels[-1]))
+    bar.set_ticklabels([f"{t:g}" for t in decade_ticks(levels[0], levels[-1])])
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
