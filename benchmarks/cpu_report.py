@@ -36,6 +36,7 @@ from pathlib import Path
 from machine_load import busy_s
 
 HERE = Path(__file__).resolve().parent
+CLEAN_BELOW = 0.1  # a clean run: other processes used less than this share of the cores
 SIDE_BY_SIDE = [(20, 128), (20, 32), (56, 128), (110, 128)]  # (depth, batch)
 COMPILE = [  # (model, flags)
     *((f"resnet{d}", ()) for d in (20, 56, 110)),
@@ -159,7 +160,7 @@ def measurements(args: argparse.Namespace):
         yield "real_data", "resnet20 b128 fashion_mnist", cmd, 1800
 
 
-def tables(rows: list[dict], clean_below: float = 0.1) -> str:
+def tables(rows: list[dict], clean_below: float = CLEAN_BELOW) -> str:
     if any(r["kind"] == "stacks" for r in rows):
         return stacks_table(rows, clean_below)
     out = ["## resjax vs PyTorch 2.13 (channels_last), fp32 train step, same 2 cores\n"]
@@ -228,7 +229,7 @@ def main() -> None:
     p.add_argument(
         "--clean_below",
         type=float,
-        default=0.1,
+        default=CLEAN_BELOW,
         help="stacks: a clean run's other processes used less than this share of the cores",
     )
     p.add_argument("--compile_timeout_s", type=float, default=600)
